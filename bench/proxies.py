@@ -1,0 +1,307 @@
+"""The proxies under test, one small class each: ``start(listen, upstream)``, ``pids()``, ``stop()``.
+
+Every proxy runs with one worker (one process or one thread doing the work), pinned to the proxy core,
+listening on 127.0.0.1 and forwarding to one upstream on 127.0.0.1. To add a proxy, subclass
+:class:`Proxy`, implement ``write_config`` and ``argv``, and add it to :func:`make_proxies`.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import textwrap
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from proctree import Child, pin_tree, tree_pids, wait_listening
+
+REPO = Path(__file__).resolve().parent.parent
+
+#: File descriptors kept aside in a proxy for listeners, logs, pipes, epoll...; the rest is 2 per
+#: proxied connection (client side + server side).
+FD_RESERVE = 512
+
+
+@dataclass
+class Context:
+    """What every proxy needs to know about the run."""
+
+    workdir: Path
+    proxy_core: int
+    fd_limit: int
+    portway_cmd: list[str] = field(default_factory=list)
+
+    @property
+    def max_proxied(self) -> int:
+        """How many concurrent proxied connections the fd limit allows (2 fds each)."""
+        return (self.fd_limit - FD_RESERVE) // 2
+
+
+class Proxy(ABC):
+    """A proxy started fresh for each measurement and stopped afterwards."""
+
+    name: str = ""
+    description: str = ""
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.child: Child | None = None
+
+    # -- to implement -------------------------------------------------------------------------
+
+    @abstractmethod
+    def write_config(self, listen_port: int, upstream_port: int, rundir: Path) -> Path:
+        """Write the config file for this run into ``rundir``; return its path."""
+
+    @abstractmethod
+    def argv(self, config: Path, rundir: Path) -> list[str]:
+        """The command line that runs the proxy in the foreground."""
+
+    def unavailable(self) -> str | None:
+        """Why this proxy cannot run here (None if it can)."""
+        return None
+
+    def version(self) -> str:
+        """A one-line version string for the report."""
+        return "unknown"
+
+    # -- common -------------------------------------------------------------------------------
+
+    def start(self, listen_port: int, upstream_port: int, tag: str) -> None:
+        """Start the proxy, wait until it accepts connections, and pin its whole tree to the proxy core."""
+        rundir = self.ctx.workdir / f"{self.name}-{tag}"
+        rundir.mkdir(parents=True, exist_ok=True)
+        config = self.write_config(listen_port, upstream_port, rundir)
+        argv = self.argv(config, rundir)
+        self.child = Child(self.name, argv, core=self.ctx.proxy_core, log=rundir / "output.log", cwd=rundir)
+        wait_listening(listen_port, self.child)
+        pin_tree(self.child.pid, self.ctx.proxy_core)
+
+    def pids(self) -> list[int]:
+        """The proxy's process tree: the pid we started and all its descendants."""
+        return tree_pids(self.child.pid) if self.child else []
+
+    def stop(self) -> None:
+        """Stop the proxy and everything it started."""
+        if self.child is not None:
+            self.child.stop()
+            self.child = None
+
+
+def _first_line(argv: list[str]) -> str:
+    try:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=20, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"unknown ({exc})"
+    text = (out.stdout + out.stderr).strip()
+    return text.splitlines()[0] if text and out.returncode == 0 else "unknown"
+
+
+# ------------------------------------------------------------------------------------ Portway
+
+
+class Portway(Proxy):
+    """Portway, one worker, one tcp listener; ``relay`` is "auto" (splice) or "copy"."""
+
+    def __init__(self, ctx: Context, relay: str) -> None:
+        super().__init__(ctx)
+        self.relay = relay
+        self.name = "portway" if relay == "auto" else f"portway-{relay}"
+        self.description = f'Portway, workers = 1, relay = "{relay}"'
+
+    def unavailable(self) -> str | None:
+        cmd = [*self.ctx.portway_cmd, "run", "--help"]
+        try:
+            out = subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=False, cwd=REPO)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return f"`{' '.join(cmd)}` failed: {exc}"
+        if out.returncode != 0:
+            last = (out.stderr or out.stdout).strip().splitlines()[-1:] or ["no output"]
+            return f"`{' '.join(cmd)}` exited {out.returncode}: {last[0]}"
+        return None
+
+    def version(self) -> str:
+        line = _first_line([*self.ctx.portway_cmd, "--version"])
+        try:
+            head = subprocess.run(
+                ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+                capture_output=True, text=True, timeout=10, check=False,
+            ).stdout.strip()
+        except OSError:
+            head = ""
+        return f"{line} (git {head or 'unknown'})"
+
+    def write_config(self, listen_port: int, upstream_port: int, rundir: Path) -> Path:
+        path = rundir / "portway.toml"
+        path.write_text(
+            textwrap.dedent(
+                f"""\
+                workers = 1
+                [admin]
+                listen = "off"
+                [log]
+                access = "off"
+                [defaults]
+                idle_timeout = "0"
+                [[listener]]
+                name = "bench"
+                mode = "tcp"
+                bind = "127.0.0.1:{listen_port}"
+                backend = "origin"
+                max_connections = 100000
+                relay = "{self.relay}"
+                [[backend]]
+                name = "origin"
+                servers = [{{ address = "127.0.0.1:{upstream_port}" }}]
+                """
+            )
+        )
+        return path
+
+    def argv(self, config: Path, rundir: Path) -> list[str]:
+        return [*self.ctx.portway_cmd, "run", "-c", str(config)]
+
+
+# ------------------------------------------------------------------------------------ HAProxy
+
+
+class HAProxy(Proxy):
+    """HAProxy ``mode tcp``, ``nbthread 1``; optionally with forced splice both ways.
+
+    ``option splice-auto`` never splices on loopback (see DESIGN.md), so the splice variant forces it
+    with ``option splice-request`` + ``option splice-response``.
+    """
+
+    #: Pipes HAProxy may keep for splicing (each costs 2 fds; default would be maxconn / 4).
+    MAXPIPES = 64
+
+    def __init__(self, ctx: Context, splice: bool) -> None:
+        super().__init__(ctx)
+        self.splice = splice
+        self.name = "haproxy-splice" if splice else "haproxy"
+        self.description = "HAProxy mode tcp, nbthread 1" + (
+            ", option splice-request + splice-response" if splice else ", no splice"
+        )
+
+    def unavailable(self) -> str | None:
+        return None if shutil.which("haproxy") else "haproxy not installed (run bench/setup.sh)"
+
+    def version(self) -> str:
+        return _first_line(["haproxy", "-v"])
+
+    def write_config(self, listen_port: int, upstream_port: int, rundir: Path) -> Path:
+        maxconn = (self.ctx.fd_limit - 2 * self.MAXPIPES - 200) // 2
+        splice = "    option splice-request\n    option splice-response\n" if self.splice else ""
+        path = rundir / "haproxy.cfg"
+        path.write_text(
+            f"""global
+    nbthread 1
+    maxconn {maxconn}
+    maxpipes {self.MAXPIPES}
+
+defaults
+    mode tcp
+    timeout connect 5s
+    timeout client 1h
+    timeout server 1h
+{splice}
+frontend bench
+    bind 127.0.0.1:{listen_port}
+    maxconn {maxconn}
+    default_backend origin
+
+backend origin
+    server s1 127.0.0.1:{upstream_port}
+"""
+        )
+        return path
+
+    def argv(self, config: Path, rundir: Path) -> list[str]:
+        return ["haproxy", "-db", "-f", str(config)]
+
+
+# ------------------------------------------------------------------------------------ nginx
+
+NGINX_MODULE_DIRS = (Path("/usr/lib/nginx/modules"), Path("/usr/share/nginx/modules"))
+
+
+def nginx_stream_module() -> Path | None:
+    """The dynamic stream module, if nginx was built with ``--with-stream=dynamic``."""
+    for d in NGINX_MODULE_DIRS:
+        candidate = d / "ngx_stream_module.so"
+        if candidate.exists():
+            return candidate
+    return None
+
+
+def nginx_common(rundir: Path, worker_connections: int, fd_limit: int) -> str:
+    """The main-context part shared by the nginx proxy and the nginx origin."""
+    return f"""worker_processes 1;
+worker_rlimit_nofile {fd_limit};
+daemon off;
+master_process on;
+pid {rundir}/nginx.pid;
+error_log {rundir}/error.log warn;
+events {{
+    worker_connections {worker_connections};
+}}
+"""
+
+
+class Nginx(Proxy):
+    """nginx ``stream`` proxy, ``worker_processes 1`` (master + one worker)."""
+
+    name = "nginx"
+    description = "nginx stream proxy_pass, worker_processes 1"
+
+    def unavailable(self) -> str | None:
+        if not shutil.which("nginx"):
+            return "nginx not installed (run bench/setup.sh)"
+        if nginx_stream_module() is None and "--with-stream " not in _nginx_configure_args():
+            return "nginx stream module missing (apt-get install libnginx-mod-stream; see bench/setup.sh)"
+        return None
+
+    def version(self) -> str:
+        return _first_line(["nginx", "-v"])
+
+    def write_config(self, listen_port: int, upstream_port: int, rundir: Path) -> Path:
+        module = nginx_stream_module()
+        load = f"load_module {module};\n" if module else ""
+        path = rundir / "nginx.conf"
+        path.write_text(
+            load
+            + nginx_common(rundir, self.ctx.fd_limit - 100, self.ctx.fd_limit)
+            + f"""stream {{
+    server {{
+        listen 127.0.0.1:{listen_port};
+        proxy_pass 127.0.0.1:{upstream_port};
+        proxy_timeout 1h;
+    }}
+}}
+"""
+        )
+        return path
+
+    def argv(self, config: Path, rundir: Path) -> list[str]:
+        return ["nginx", "-p", f"{rundir}/", "-e", str(rundir / "error.log"), "-c", str(config)]
+
+
+def _nginx_configure_args() -> str:
+    try:
+        out = subprocess.run(["nginx", "-V"], capture_output=True, text=True, timeout=10, check=False)
+    except OSError:
+        return ""
+    return out.stderr + " "
+
+
+def make_proxies(ctx: Context) -> dict[str, Proxy]:
+    """Every known proxy, by name, in report order."""
+    proxies: list[Proxy] = [
+        Portway(ctx, "auto"),
+        Portway(ctx, "copy"),
+        HAProxy(ctx, splice=False),
+        HAProxy(ctx, splice=True),
+        Nginx(ctx),
+    ]
+    return {p.name: p for p in proxies}

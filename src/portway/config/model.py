@@ -1,0 +1,794 @@
+"""The configuration model: the TOML document's schema and the resolved runtime types.
+
+Strategy
+    A configuration goes through two shapes.
+
+    1. **The document** (``*Doc`` classes, pydantic v2, ``extra="forbid"``,
+       ``strict=True``) mirrors the TOML file key for key. It says what may be
+       written and checks each value on its own: types, ranges, durations,
+       addresses. Optional keys stay ``None`` here ("not written"), so that the
+       next step can tell "inherit" from "set".
+    2. **The runtime spec** (frozen, slotted dataclasses: :class:`Config`,
+       :class:`ListenerSpec`, :class:`BackendSpec`, ...) is what the rest of Portway
+       reads. Every default is resolved, every duration is float seconds, every
+       path is absolute, every bind host is a normalised IP literal. Nothing in it
+       is optional unless it means "off" (``health_check is None``).
+
+    :mod:`portway.config.load` turns (1) into (2), runs the cross-checks that need
+    the whole document, and reports every problem at once.
+
+Modes
+    A listener's ``mode`` selects its document class in :data:`LISTENER_MODES`.
+    Every mode shares :class:`ListenerDoc` (name, bind, limits, timeouts, PROXY
+    protocol intake) and adds its own keys; ``tcp`` adds ``backend``. To add a mode,
+    subclass :class:`ListenerDoc`, override :meth:`ListenerDoc.backend_refs` so the
+    loader can check the backends it names, register it in :data:`LISTENER_MODES`
+    and remove it from :data:`PLANNED_MODES`. Routes (``[[listener.route]]``) will be
+    a ``route: list[RouteDoc]`` field on the modes that route.
+
+Value validators
+    Scalars with rules (durations, addresses, names, choices, ranged integers) are
+    checked by small ``BeforeValidator`` functions that raise :class:`ValueError`
+    with the finished user message (``expected ..., got "..."``); the loader shows
+    that message unchanged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import ipaddress
+import json
+import re
+import socket
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Final, TypeVar
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    PrivateAttr,
+    field_validator,
+    model_validator,
+)
+
+from portway.config.units import format_hostport, parse_duration, parse_hostport
+
+__all__ = [
+    "LISTENER_MODES",
+    "NAME_PATTERN",
+    "PLANNED_MODES",
+    "AdminDoc",
+    "AdminSpec",
+    "BackendDoc",
+    "BackendSpec",
+    "BindSpec",
+    "Config",
+    "DefaultsDoc",
+    "DocumentDoc",
+    "Eject",
+    "EjectDoc",
+    "FrozenMap",
+    "HealthCheck",
+    "HealthCheckDoc",
+    "Keepalive",
+    "KeepaliveDoc",
+    "ListenerDoc",
+    "ListenerSpec",
+    "LogDoc",
+    "LogSpec",
+    "ProxyProtocolDoc",
+    "ProxyProtocolIn",
+    "ServerDoc",
+    "ServerSpec",
+    "TcpListenerDoc",
+    "parse_bind",
+    "quote",
+    "suggest",
+]
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+"""An IPv4 or IPv6 network, as ``ipaddress`` parses a CIDR."""
+
+# ---------------------------------------------------------------------------
+# Runtime types: what the rest of Portway imports.
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Keepalive:
+    """TCP keepalive settings applied to both sides of a relayed connection.
+
+    All three are whole numbers, as the kernel wants them (``TCP_KEEPIDLE``,
+    ``TCP_KEEPINTVL``, ``TCP_KEEPCNT``).
+    """
+
+    idle: float
+    """Seconds of silence before the first probe."""
+    interval: float
+    """Seconds between probes."""
+    count: int
+    """Unanswered probes before the connection is declared dead."""
+
+
+@dataclass(frozen=True, slots=True)
+class HealthCheck:
+    """Active health checking of a backend's servers (a TCP connect per check)."""
+
+    interval: float
+    """Seconds between two checks of one server."""
+    timeout: float
+    """Seconds a check may take before it counts as a failure."""
+    rise: int
+    """Consecutive successes that bring a down server back up."""
+    fall: int
+    """Consecutive failures that take an up server down."""
+
+
+@dataclass(frozen=True, slots=True)
+class Eject:
+    """Passive ejection: take a server out after real connections fail to reach it."""
+
+    failures: int
+    """Consecutive connect failures that eject a server; 0 disables ejection."""
+    cooldown: float
+    """Seconds an ejected server stays out before it is tried again."""
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSpec:
+    """One server of a backend pool."""
+
+    name: str
+    """Unique within its backend; defaults to the address as written."""
+    host: str
+    """An IP literal (normalised, no brackets) or a DNS name resolved at dial time."""
+    port: int
+    """1-65535."""
+    weight: int
+    """0-256; 0 takes the server out of balancing without removing it."""
+    backup: bool
+    """Used only when no non-backup server is available."""
+
+    @property
+    def address(self) -> str:
+        """``host:port``, with brackets around an IPv6 host."""
+        return format_hostport(self.host, self.port)
+
+
+@dataclass(frozen=True, slots=True)
+class BackendSpec:
+    """A pool of servers that listeners forward to, with its dialling policy."""
+
+    name: str
+    balance: str
+    """``"roundrobin"``, ``"leastconn"``, ``"random"`` or ``"source"``."""
+    servers: tuple[ServerSpec, ...]
+    """In file order; never empty, and at least one is not a backup."""
+    connect_timeout: float
+    """Seconds one connect attempt may take."""
+    retries: int
+    """Extra connect attempts on other servers after the first fails."""
+    health_check: HealthCheck | None
+    """``None``: no active checks (passive ejection still applies)."""
+    eject: Eject
+    send_proxy_protocol: str
+    """``"off"``, ``"v1"`` or ``"v2"``: the PROXY header sent to the servers."""
+
+    def server(self, name: str) -> ServerSpec:
+        """The server called ``name``; raises :class:`KeyError` if there is none."""
+        for spec in self.servers:
+            if spec.name == name:
+                return spec
+        raise KeyError(name)
+
+
+@dataclass(frozen=True, slots=True)
+class BindSpec:
+    """One address a listener accepts on.
+
+    ``host`` is a normalised IP literal (``"127.0.0.1"``, ``"::"``); the
+    configuration's ``"*"`` becomes ``"0.0.0.0"`` and ``"localhost"`` becomes
+    ``"127.0.0.1"``. ``port`` 0 asks the kernel for an ephemeral port.
+    """
+
+    host: str
+    port: int
+
+    @property
+    def family(self) -> socket.AddressFamily:
+        """``socket.AF_INET6`` for an IPv6 host, else ``socket.AF_INET``."""
+        return socket.AF_INET6 if ":" in self.host else socket.AF_INET
+
+    def __str__(self) -> str:
+        """``"host:port"``, or ``"[v6]:port"`` for IPv6."""
+        return format_hostport(self.host, self.port)
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyProtocolIn:
+    """Whether a listener reads a PROXY protocol header, and from whom.
+
+    ``accept`` is ``"off"`` (never read one), ``"optional"`` (read one if a trusted
+    peer sends it) or ``"required"`` (a trusted peer must send one). Headers are
+    honoured only from peers in ``trusted``.
+    """
+
+    accept: str
+    trusted: tuple[IPNetwork, ...]
+
+    def trusts(self, ip: str) -> bool:
+        """Whether the peer address ``ip`` is in a trusted network.
+
+        An IPv4-mapped IPv6 address (``"::ffff:10.1.2.3"``, as a dual-stack socket
+        reports an IPv4 peer) is checked as the IPv4 address it carries. A string
+        that is not an IP address is not trusted.
+        """
+        try:
+            address = ipaddress.ip_address(ip)
+        except ValueError:
+            return False
+        candidates: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = [address]
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            candidates.append(address.ipv4_mapped)
+        return any(
+            candidate.version == net.version and candidate in net
+            for candidate in candidates
+            for net in self.trusted
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ListenerSpec:
+    """A listener with every default resolved."""
+
+    name: str
+    mode: str
+    """``"tcp"`` in this version."""
+    bind: tuple[BindSpec, ...]
+    """Never empty; no address appears twice across the whole config (port 0 aside)."""
+    backend: str | None
+    """The backend a ``tcp`` listener forwards to (it exists in :attr:`Config.backends`)."""
+    max_connections: int
+    """Concurrent connections per worker beyond which new ones wait in the backlog."""
+    sniff_timeout: float
+    """Deadline in seconds on everything read before routing."""
+    idle_timeout: float
+    """Seconds without traffic in either direction before closing; 0 = never."""
+    keepalive: Keepalive | None
+    """``None``: TCP keepalive off."""
+    relay: str
+    """``"auto"`` (splice between plain TCP sockets), ``"splice"`` or ``"copy"``."""
+    backlog: int
+    """The ``listen(2)`` backlog."""
+    proxy_protocol: ProxyProtocolIn
+
+
+@dataclass(frozen=True, slots=True)
+class AdminSpec:
+    """The admin endpoint (``/metrics``, ``/stats``, ``/healthz``, dashboard)."""
+
+    listen: BindSpec | None
+    """``None``: the admin endpoint is off."""
+
+
+@dataclass(frozen=True, slots=True)
+class LogSpec:
+    """Where the access log goes and how the operational log is filtered."""
+
+    access: str
+    """``"stdout"``, ``"stderr"``, ``"off"`` or an absolute file path."""
+    format: str
+    """Access log format: ``"text"`` or ``"json"``."""
+    level: str
+    """Operational log level (on stderr): ``"debug"``, ``"info"``, ``"warning"``, ``"error"``."""
+
+
+_K = TypeVar("_K")
+_V = TypeVar("_V")
+
+
+class FrozenMap(Mapping[_K, _V]):
+    """A read-only mapping that keeps insertion order, compares equal by content
+    and pickles (unlike :class:`types.MappingProxyType`)."""
+
+    __slots__ = ("_data",)
+
+    def __init__(self, items: Mapping[_K, _V] | None = None) -> None:
+        """Copy ``items``; later changes to the source do not show through."""
+        self._data: dict[_K, _V] = dict(items or {})
+
+    def __getitem__(self, key: _K) -> _V:
+        """The value for ``key``; :class:`KeyError` if absent."""
+        return self._data[key]
+
+    def __iter__(self) -> Iterator[_K]:
+        """Keys in insertion order."""
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        """Number of entries."""
+        return len(self._data)
+
+    def __repr__(self) -> str:
+        """``FrozenMap({...})``."""
+        return f"FrozenMap({self._data!r})"
+
+    def __getstate__(self) -> dict[_K, _V]:
+        """Pickle support: the underlying dict."""
+        return self._data
+
+    def __setstate__(self, state: dict[_K, _V]) -> None:
+        """Pickle support."""
+        self._data = state
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """A validated, fully resolved, immutable configuration.
+
+    Build one with :func:`portway.config.load.load_file`, ``load_text`` or
+    ``load_dict``; never by hand. Backends are looked up by name with
+    ``config.backends[name]`` (a read-only mapping in file order) or
+    :meth:`backend`; listeners are a tuple in file order, or :meth:`listener` by
+    name.
+
+    :attr:`raw` is the document as parsed (plain dicts, lists, strings, numbers and
+    booleans, so it is JSON-able): ``load_dict(config.raw, config.source)`` rebuilds
+    an equal Config, which is how the supervisor hands the configuration to its
+    workers. Do not mutate it. Relative paths in it are resolved against the
+    directory of :attr:`source`, so reload it from the same working directory.
+    """
+
+    source: str
+    """Where the configuration came from, as named in error messages."""
+    workers: int
+    """Number of worker processes (>= 1)."""
+    workers_auto: bool
+    """True when ``workers = "auto"`` chose :attr:`workers` from the CPU affinity."""
+    pid_file: str | None
+    """Absolute path of the supervisor's pid file, or ``None``."""
+    drain_timeout: float
+    """Seconds ``SIGTERM`` waits for live connections before closing them."""
+    admin: AdminSpec
+    log: LogSpec
+    listeners: tuple[ListenerSpec, ...]
+    backends: Mapping[str, BackendSpec] = field(hash=False)
+    raw: dict[str, Any] = field(hash=False, repr=False)
+
+    def backend(self, name: str) -> BackendSpec:
+        """The backend called ``name``; raises :class:`KeyError` if there is none."""
+        return self.backends[name]
+
+    def listener(self, name: str) -> ListenerSpec:
+        """The listener called ``name``; raises :class:`KeyError` if there is none."""
+        for spec in self.listeners:
+            if spec.name == name:
+                return spec
+        raise KeyError(name)
+
+
+# ---------------------------------------------------------------------------
+# Value validators: each returns the parsed value or raises ValueError with the
+# finished message.
+# ---------------------------------------------------------------------------
+
+NAME_PATTERN: Final = re.compile(r"[A-Za-z0-9_.-]+")
+"""What a listener or backend name may contain."""
+
+
+def quote(value: object) -> str:
+    """Show a value found in the document the way messages quote it.
+
+    Strings in double quotes, booleans as TOML writes them, tables and lists
+    summarised.
+    """
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, (list, tuple)):
+        shown = "[" + ", ".join(quote(item) for item in value) + "]"
+        return shown if len(shown) <= 60 else "a list"
+    if value is None:
+        return "nothing"
+    return str(value)
+
+
+def suggest(word: str, candidates: list[str] | tuple[str, ...]) -> str:
+    """``' (did you mean "x"?)'`` for the closest candidate, or ``""``."""
+    close = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
+    return f' (did you mean "{close[0]}"?)' if close else ""
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _duration(*, positive: bool = False) -> Callable[[Any], float]:
+    def check(value: Any) -> float:
+        seconds = parse_duration(value)
+        if positive and seconds <= 0:
+            raise ValueError(f"expected a duration greater than 0, got {quote(value)}")
+        return seconds
+
+    return check
+
+
+def _keepalive_seconds(value: Any) -> float:
+    seconds = parse_duration(value)
+    if seconds != int(seconds) or not 1 <= seconds <= 32767:
+        raise ValueError(f'expected a whole number of seconds from "1s" to "32767s", got {quote(value)}')
+    return seconds
+
+
+def _int_range(low: int, high: int | None = None) -> Callable[[Any], int]:
+    wanted = f"an integer from {low} to {high}" if high is not None else f"an integer >= {low}"
+
+    def check(value: Any) -> int:
+        if not _is_int(value):
+            raise ValueError(f"expected {wanted}, got {quote(value)}")
+        if value < low or (high is not None and value > high):
+            raise ValueError(f"expected {wanted}, got {quote(value)}")
+        return int(value)
+
+    return check
+
+
+def _choice(*allowed: str) -> Callable[[Any], str]:
+    listed = ", ".join(f'"{choice}"' for choice in allowed)
+
+    def check(value: Any) -> str:
+        if value not in allowed or not isinstance(value, str):
+            hint = suggest(value, allowed) if isinstance(value, str) else ""
+            raise ValueError(f"expected one of {listed}, got {quote(value)}{hint}")
+        return value
+
+    return check
+
+
+def _name(value: Any) -> str:
+    if not isinstance(value, str) or not NAME_PATTERN.fullmatch(value):
+        raise ValueError(f'expected a name made of letters, digits, "_", "." and "-", got {quote(value)}')
+    return value
+
+
+def _non_empty_string(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"expected a non-empty string, got {quote(value)}")
+    return value
+
+
+def _workers(value: Any) -> int | str:
+    if value == "auto" and isinstance(value, str):
+        return value
+    if _is_int(value) and value >= 1:
+        return int(value)
+    raise ValueError(f'expected "auto" or an integer >= 1, got {quote(value)}')
+
+
+def _bind_host(host: str, value: str) -> str:
+    if host == "*":
+        return "0.0.0.0"
+    if host == "localhost":
+        return "127.0.0.1"
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        raise ValueError(
+            f'expected an IP address, "localhost" or "*" as the host to bind, got {quote(value)} '
+            "(a listener binds an address, not a name)"
+        ) from None
+
+
+def parse_bind(value: Any) -> tuple[str, int]:
+    """Parse a bind address into ``(normalised IP literal, port)``.
+
+    ``"*"`` means ``0.0.0.0`` and ``"localhost"`` means ``127.0.0.1``; any other
+    host must be an IP literal. Raises :class:`ValueError` with the user message.
+    """
+    host, port = parse_hostport(value)
+    return _bind_host(host, value), port
+
+
+def _one_or_many(value: Any) -> Any:
+    if isinstance(value, str):
+        return [value]
+    if not isinstance(value, list):
+        raise ValueError(
+            f'expected an address or a list of addresses like ["0.0.0.0:80"], got {quote(value)}'
+        )
+    return value
+
+
+def _at_least_one(value: list[Any]) -> list[Any]:
+    if not value:
+        raise ValueError("expected at least one address, got an empty list")
+    return value
+
+
+def _admin_listen(value: Any) -> tuple[str, int] | None:
+    if value == "off":
+        return None
+    if not isinstance(value, str):
+        raise ValueError(f'expected host:port or "off", got {quote(value)}')
+    return parse_bind(value)
+
+
+def _server_address(value: Any) -> tuple[str, int]:
+    host, port = parse_hostport(value, allow_port_zero=False)
+    if host == "*":
+        raise ValueError(f'expected host:port of a server, got {quote(value)} ("*" only makes sense to bind)')
+    with contextlib.suppress(ValueError):  # a DNS name is kept as written
+        host = str(ipaddress.ip_address(host))
+    return host, port
+
+
+def _network(value: Any) -> IPNetwork:
+    if not isinstance(value, str):
+        raise ValueError(f'expected an IP address or a CIDR like "10.0.0.0/8", got {quote(value)}')
+    try:
+        return ipaddress.ip_network(value)
+    except ValueError:
+        pass
+    try:
+        loose = ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        raise ValueError(f'expected an IP address or a CIDR like "10.0.0.0/8", got {quote(value)}') from None
+    raise ValueError(f'expected a CIDR with no host bits set, got {quote(value)} (did you mean "{loose}"?)')
+
+
+def _keepalive(value: Any) -> Any:
+    if value is False:
+        return KeepaliveDoc.disabled()
+    if isinstance(value, dict | KeepaliveDoc) or value is None:
+        return value
+    raise ValueError(
+        f'expected a table like {{ idle = "60s", interval = "10s", count = 6 }} or false, got {quote(value)}'
+    )
+
+
+Duration = Annotated[float, BeforeValidator(_duration())]
+"""A duration >= 0 ("0" allowed)."""
+PositiveDuration = Annotated[float, BeforeValidator(_duration(positive=True))]
+"""A duration > 0."""
+KeepaliveSeconds = Annotated[float, BeforeValidator(_keepalive_seconds)]
+Name = Annotated[str, BeforeValidator(_name)]
+NonEmptyStr = Annotated[str, BeforeValidator(_non_empty_string)]
+BindAddress = Annotated[tuple[str, int], BeforeValidator(parse_bind)]
+ServerAddress = Annotated[tuple[str, int], BeforeValidator(_server_address)]
+Network = Annotated[IPNetwork, BeforeValidator(_network)]
+BindList = Annotated[list[BindAddress], BeforeValidator(_one_or_many), AfterValidator(_at_least_one)]
+
+MaxConnections = Annotated[int, BeforeValidator(_int_range(1))]
+Backlog = Annotated[int, BeforeValidator(_int_range(1, 65535))]
+Retries = Annotated[int, BeforeValidator(_int_range(0, 100))]
+Relay = Annotated[str, BeforeValidator(_choice("auto", "splice", "copy"))]
+Balance = Annotated[str, BeforeValidator(_choice("roundrobin", "leastconn", "random", "source"))]
+
+# ---------------------------------------------------------------------------
+# The document.
+# ---------------------------------------------------------------------------
+
+
+class _Doc(BaseModel):
+    """Base of every document table: unknown keys are errors, no type coercion."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class KeepaliveDoc(_Doc):
+    """``keepalive = { idle, interval, count }``; keys left out take the built-in values.
+
+    ``keepalive = false`` turns keepalive off; it validates to :meth:`disabled`.
+    A table replaces an inherited one as a whole (keys are not merged).
+    """
+
+    idle: KeepaliveSeconds = 60.0
+    interval: KeepaliveSeconds = 10.0
+    count: Annotated[int, BeforeValidator(_int_range(1, 127))] = 6
+    _off: bool = PrivateAttr(default=False)
+
+    @classmethod
+    def disabled(cls) -> KeepaliveDoc:
+        """The value ``keepalive = false`` validates to."""
+        doc = cls()
+        doc._off = True
+        return doc
+
+    @property
+    def off(self) -> bool:
+        """Whether this is ``keepalive = false``."""
+        return self._off
+
+
+KeepaliveField = Annotated[KeepaliveDoc, BeforeValidator(_keepalive)]
+
+
+class AdminDoc(_Doc):
+    """``[admin]``."""
+
+    listen: Annotated[tuple[str, int] | None, BeforeValidator(_admin_listen)] = ("127.0.0.1", 9090)
+
+
+class LogDoc(_Doc):
+    """``[log]``."""
+
+    access: NonEmptyStr = "stdout"
+    format: Annotated[str, BeforeValidator(_choice("text", "json"))] = "text"
+    level: Annotated[str, BeforeValidator(_choice("debug", "info", "warning", "error"))] = "info"
+
+
+class DefaultsDoc(_Doc):
+    """``[defaults]``: values inherited by every listener and backend that does not set them."""
+
+    sniff_timeout: PositiveDuration = 5.0
+    connect_timeout: PositiveDuration = 5.0
+    idle_timeout: Duration = 3600.0
+    retries: Retries = 2
+    max_connections: MaxConnections = 10000
+    keepalive: KeepaliveField = KeepaliveDoc()
+    relay: Relay = "auto"
+    backlog: Backlog = 1024
+
+
+class ProxyProtocolDoc(_Doc):
+    """``proxy_protocol = { accept, trusted }`` on a listener."""
+
+    accept: Annotated[str, BeforeValidator(_choice("off", "optional", "required"))] = "off"
+    trusted: list[Network] = []
+
+    @model_validator(mode="after")
+    def _trusted_required(self) -> ProxyProtocolDoc:
+        if self.accept != "off" and not self.trusted:
+            raise ValueError(
+                f'expected a non-empty "trusted" list when accept = {quote(self.accept)}: name the load '
+                'balancers allowed to send a PROXY header, e.g. trusted = ["10.0.0.0/8"]'
+            )
+        return self
+
+
+class ListenerDoc(_Doc):
+    """The keys every ``[[listener]]`` has, whatever its mode.
+
+    Optional keys are ``None`` when not written, and then inherit ``[defaults]``.
+    """
+
+    name: Name
+    mode: str
+    bind: BindList
+    max_connections: MaxConnections | None = None
+    sniff_timeout: PositiveDuration | None = None
+    idle_timeout: Duration | None = None
+    keepalive: KeepaliveField | None = None
+    relay: Relay | None = None
+    backlog: Backlog | None = None
+    proxy_protocol: ProxyProtocolDoc = ProxyProtocolDoc()
+
+    @classmethod
+    def backend_refs(cls, entry: Mapping[str, Any]) -> list[tuple[tuple[str | int, ...], str]]:
+        """Every backend that the raw ``[[listener]]`` table ``entry`` names, with the
+        key path (relative to the listener) where it is named.
+
+        It reads the raw table so that the loader can check references even when
+        other keys of the listener are invalid; values that are not valid names are
+        skipped (validation reports them).
+        """
+        return []
+
+    def default_backend(self) -> str | None:
+        """The backend a connection goes to when nothing else decides (tcp: the only one)."""
+        return None
+
+
+class TcpListenerDoc(ListenerDoc):
+    """``mode = "tcp"``: forward every connection to one backend."""
+
+    backend: Name
+
+    @classmethod
+    def backend_refs(cls, entry: Mapping[str, Any]) -> list[tuple[tuple[str | int, ...], str]]:
+        """The one backend, named by the ``backend`` key."""
+        value = entry.get("backend")
+        if isinstance(value, str) and NAME_PATTERN.fullmatch(value):
+            return [(("backend",), value)]
+        return []
+
+    def default_backend(self) -> str | None:
+        """The ``backend`` key."""
+        return self.backend
+
+
+LISTENER_MODES: Final[Mapping[str, type[ListenerDoc]]] = FrozenMap({"tcp": TcpListenerDoc})
+"""Modes this version implements, and the document class of each."""
+
+PLANNED_MODES: Final[tuple[str, ...]] = ("sni", "tls", "http-proxy", "gateway")
+"""Modes that are designed but not in this version: naming one is an error that says so."""
+
+
+class ServerDoc(_Doc):
+    """One entry of a backend's ``servers``."""
+
+    address: ServerAddress
+    weight: Annotated[int, BeforeValidator(_int_range(0, 256))] = 1
+    name: NonEmptyStr | None = None
+    backup: bool = False
+
+    @property
+    def display_name(self) -> str:
+        """The ``name`` key, or the address (normalised) when there is none."""
+        return self.name if self.name is not None else format_hostport(*self.address)
+
+
+class HealthCheckDoc(_Doc):
+    """``health_check = { interval, timeout, rise, fall }``; every key optional."""
+
+    interval: PositiveDuration = 2.0
+    timeout: PositiveDuration = 1.0
+    rise: Annotated[int, BeforeValidator(_int_range(1, 1000))] = 2
+    fall: Annotated[int, BeforeValidator(_int_range(1, 1000))] = 3
+
+
+class EjectDoc(_Doc):
+    """``eject = { failures, cooldown }``: passive ejection; ``failures = 0`` disables it."""
+
+    failures: Annotated[int, BeforeValidator(_int_range(0, 1_000_000))] = 3
+    cooldown: Duration = 10.0
+
+
+class BackendDoc(_Doc):
+    """``[[backend]]``."""
+
+    name: Name
+    balance: Balance = "roundrobin"
+    servers: list[ServerDoc]
+    connect_timeout: PositiveDuration | None = None
+    retries: Retries | None = None
+    health_check: HealthCheckDoc | None = None
+    eject: EjectDoc = EjectDoc()
+    send_proxy_protocol: Annotated[str, BeforeValidator(_choice("off", "v1", "v2"))] = "off"
+
+    @field_validator("servers")
+    @classmethod
+    def _check_servers(cls, servers: list[ServerDoc]) -> list[ServerDoc]:
+        if not servers:
+            raise ValueError("expected at least one server, got an empty list")
+        if all(server.backup for server in servers):
+            raise ValueError(
+                "every server is a backup: at least one must not be (remove backup = true from one)"
+            )
+        seen: dict[str, int] = {}
+        for position, server in enumerate(servers):
+            name = server.display_name
+            if name in seen:
+                raise ValueError(
+                    f"server name {quote(name)} is used by servers[{seen[name]}] and servers[{position}];"
+                    " give each server a distinct name"
+                )
+            seen[name] = position
+        return servers
+
+
+class DocumentDoc(_Doc):
+    """The top level of the file.
+
+    ``listener`` and ``backend`` are only checked to be lists of tables here: the
+    loader validates each entry on its own (a listener against its mode's class),
+    so that one broken entry does not hide the problems of the others.
+    """
+
+    workers: Annotated[int | str, BeforeValidator(_workers)] = "auto"
+    pid_file: NonEmptyStr | None = None
+    drain_timeout: Duration = 30.0
+    admin: AdminDoc = AdminDoc()
+    log: LogDoc = LogDoc()
+    defaults: DefaultsDoc = DefaultsDoc()
+    listener: list[dict[str, Any]] = []
+    backend: list[dict[str, Any]] = []

@@ -1,0 +1,236 @@
+"""The tcp mode: accept → [PROXY header intake] → pick a server → dial → relay → account.
+
+One :class:`TcpConnection` per accepted client, driven by callbacks from its current stage
+(a :class:`~portway.net.sniff.Sniff`, a :class:`~portway.net.dial.Dial`, then a
+:class:`~portway.net.relay.Relay`); there is no Task per connection. Without PROXY intake
+nothing is read before dialling, so server-speaks-first protocols (SMTP, MySQL) work.
+
+PROXY protocol intake (``proxy_protocol.accept``):
+
+- ``required``: the peer must be in ``trusted`` and must send a valid header, else refused.
+- ``optional``: a header is used if the peer is trusted; a header from an untrusted peer is
+  refused (it would let anyone claim any address); no header is fine. The first bytes are
+  read under ``sniff_timeout`` to tell, so ``optional`` does not suit server-speaks-first
+  protocols.
+
+The address a trusted header carries becomes ``session.client``: it is what ``source``
+balancing hashes, what the access log shows, and what is sent on with
+``send_proxy_protocol``.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+
+from portway.context import Context
+from portway.net.dial import Dial
+from portway.net.listener import Listener
+from portway.net.relay import Relay
+from portway.net.sniff import Sniff
+from portway.net.sockopt import peer_of, tune
+from portway.proto import proxyheader
+from portway.route.backend import Server
+from portway.runtime import Runtime
+from portway.termination import Reason
+
+log = logging.getLogger("portway.tcp")
+
+#: Largest PROXY header accepted (v2 with TLVs); HAProxy's own limit is similar.
+PROXY_HEADER_LIMIT = 4096
+
+
+class TcpConnection:
+    """One client of a tcp listener, from accept to the access-log record."""
+
+    __slots__ = (
+        "ctx",
+        "dest",
+        "ended",
+        "listener",
+        "prefix",
+        "runtime",
+        "server",
+        "session",
+        "sock",
+        "stage",
+        "t_dial",
+        "trusted",
+    )
+
+    def __init__(
+        self,
+        ctx: Context,
+        listener: Listener,
+        sock: socket.socket,
+        peer: tuple[str, int],
+        frontend: tuple[str, int],
+    ) -> None:
+        self.ctx = ctx
+        self.listener = listener
+        self.runtime: Runtime = listener.runtime
+        self.sock = sock
+        self.session = ctx.new_session(listener.name, peer, frontend)
+        self.stage: Sniff | Dial | Relay | None = None
+        self.server: Server | None = None
+        self.dest: tuple[str, int] | None = None
+        self.prefix = b""
+        self.t_dial = 0.0
+        self.trusted = False
+        self.ended = False
+        ctx.opened(self)
+        try:
+            self._start()
+        except Exception as exc:
+            self._crash(exc)
+
+    def _start(self) -> None:
+        spec = self.listener.spec
+        pp = spec.proxy_protocol
+        if pp.accept == "off":
+            self._route(b"")
+            return
+        peer_ip = self.session.peer[0]
+        self.trusted = pp.trusts(peer_ip)
+        if not self.trusted and pp.accept == "required":
+            self._end(Reason.REFUSED_BY_RULE,
+                      f"{peer_ip} is not in proxy_protocol.trusted (a PROXY header is required)")
+            return
+        self.stage = Sniff(
+            self.ctx.loop,
+            self.sock,
+            proxyheader.parse,
+            proxyheader.NEED_DATA,
+            what="PROXY protocol header",
+            limit=PROXY_HEADER_LIMIT,
+            timeout=spec.sniff_timeout,
+            on_result=self._on_proxy_header,
+            on_error=self._end,
+        )
+
+    def _on_proxy_header(self, header: proxyheader.ProxyHeader | None, data: bytearray) -> None:
+        try:
+            session = self.session
+            session.sniff_s = self.ctx.loop.time() - session.start_mono
+            self.ctx.stats.sniffed(session.listener, session.sniff_s)
+            if header is None:
+                if self.listener.spec.proxy_protocol.accept == "required":
+                    self._end(Reason.PROTOCOL_ERROR,
+                              "no PROXY protocol header (proxy_protocol.accept = required)")
+                    return
+                self._route(bytes(data))
+                return
+            if not self.trusted:
+                self._end(Reason.REFUSED_BY_RULE,
+                          f"PROXY protocol header from {session.peer[0]}, which is not in "
+                          "proxy_protocol.trusted")
+                return
+            if header.source is not None:
+                session.client = peer_of(header.source)
+            if header.destination is not None:
+                self.dest = peer_of(header.destination)
+            self._route(bytes(data[header.length :]))
+        except Exception as exc:
+            self._crash(exc)
+
+    def _route(self, prefix: bytes) -> None:
+        spec = self.listener.spec
+        name = spec.backend
+        assert name is not None
+        runtime = self.runtime
+        backend = runtime.backends[name]
+        self.session.backend = name
+        self.prefix = prefix
+        loop = self.ctx.loop
+        self.t_dial = loop.time()
+        dial = Dial(
+            loop,
+            runtime.pools[name],
+            self.session.client[0],
+            timeout=backend.connect_timeout,
+            retries=backend.retries,
+            on_connected=self._on_connected,
+            on_failed=self._end,
+            on_attempt_failed=self._on_attempt_failed,
+        )
+        self.stage = dial
+        dial.start()
+
+    def _on_attempt_failed(self, server: Server, detail: str, change: str | None) -> None:
+        session = self.session
+        session.retries += 1
+        backend = session.backend or "-"
+        self.ctx.stats.connect_failed(backend, server.name)
+        if change == "ejected":
+            h = server.health
+            log.warning("server %s/%s ejected for %gs after %d failed connects in a row (last: %s)",
+                        backend, server.name, h.eject_cooldown, h.eject_failures, detail)
+
+    def _on_connected(self, ssock: socket.socket, server: Server) -> None:
+        try:
+            ctx = self.ctx
+            loop = ctx.loop
+            session = self.session
+            self.server = server
+            session.server = server.name
+            session.server_addr = (server.host, server.port)
+            session.connect_s = loop.time() - self.t_dial
+            backend = session.backend or "-"
+            ctx.stats.routed(session)
+            ctx.stats.connected(backend, session.connect_s)
+            spec = self.listener.spec
+            tune(ssock, spec.keepalive)
+            to_server = self.prefix
+            mode = self.runtime.backends[backend].send_proxy_protocol
+            if mode != "off":
+                dest = self.dest or peer_of(self.sock.getsockname())
+                build = proxyheader.build_v2 if mode == "v2" else proxyheader.build_v1
+                to_server = build(session.client, dest) + to_server
+            relay = Relay(
+                loop,
+                self.sock,
+                ssock,
+                session,
+                self._on_relay_done,
+                splice=spec.relay != "copy",
+                pipes=ctx.pipes,
+                buffers=ctx.buffers,
+                idle_timeout=spec.idle_timeout,
+                to_server=to_server,
+            )
+            self.stage = relay
+            relay.start()
+        except Exception as exc:
+            ssock.close()
+            self._crash(exc)
+
+    def _on_relay_done(self, reason: Reason, detail: str) -> None:
+        self._finish(reason, detail)
+
+    def _end(self, reason: Reason, detail: str = "") -> None:
+        """End before the relay started: stop the stage and close the client."""
+        stage = self.stage
+        if isinstance(stage, Relay):
+            stage.end(reason, detail)
+            return
+        if stage is not None:
+            stage.cancel()
+        self.sock.close()
+        self._finish(reason, detail)
+
+    def _finish(self, reason: Reason, detail: str) -> None:
+        if self.ended:
+            return
+        self.ended = True
+        self.session.finish(reason, self.ctx.loop.time(), detail)
+        if self.server is not None:
+            self.server.release()
+        self.ctx.closed(self)
+
+    def _crash(self, exc: BaseException) -> None:
+        log.error("connection %d on %s failed", self.session.id, self.session.listener, exc_info=exc)
+        self._end(Reason.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}")
+
+    def abort(self, reason: Reason, detail: str = "") -> None:
+        """End now, whatever the stage (drain deadline, shutdown)."""
+        self._end(reason, detail)

@@ -1,0 +1,445 @@
+"""Move bytes both ways between a client and a server socket until both directions are done.
+
+The relay is callback-driven (``loop.add_reader`` / ``add_writer`` on raw non-blocking
+sockets): no Task, no Future, no per-read allocation. Each direction is a :class:`_Half`:
+
+- :class:`_SpliceHalf` moves bytes socket → pipe → socket with ``os.splice``; they never
+  enter Python. The pipe is borrowed from a :class:`~portway.net.pipes.PipePool` only while
+  bytes are in it.
+- :class:`_CopyHalf` moves bytes with ``recv_into`` / ``send`` through a pooled buffer, for
+  whatever cannot be spliced.
+
+Rules every half keeps:
+
+1. *Prefix first.* Bytes already read before the relay started (a sniffed request, a PROXY
+   header for the server) are written before anything read by the relay, so no byte is lost
+   or reordered.
+2. *Backpressure.* While the destination cannot take more, the half stops reading its
+   source; it reads again only once everything it holds has been written.
+3. *Half-close.* EOF on the source becomes ``shutdown(SHUT_WR)`` on the destination once the
+   held bytes are written; the other direction keeps flowing until its own EOF.
+4. *Errors end both directions.* A reset or broken pipe on either socket tears the relay
+   down, attributed to the side that failed.
+
+The relay owns both sockets from :meth:`Relay.start` on and closes them when it ends; it then
+calls ``on_done(reason, detail)`` exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+from collections.abc import Callable
+
+from portway.net.pipes import BufferPool, Pipe, PipePool
+from portway.session import Session
+from portway.termination import Reason
+
+log = logging.getLogger("portway.relay")
+
+_SPLICE_FLAGS = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
+#: Successive read→write rounds handled in one readiness callback before yielding to the loop.
+_ROUNDS = 4
+
+DoneCallback = Callable[[Reason, str], None]
+
+
+class _Half:
+    """One direction of a relay: read from ``src``, write to ``dst``."""
+
+    __slots__ = (
+        "dfd",
+        "done",
+        "dst",
+        "eof",
+        "last",
+        "loop",
+        "prefix",
+        "reading",
+        "relay",
+        "sfd",
+        "src",
+        "to_server",
+        "writing",
+    )
+
+    def __init__(
+        self,
+        relay: Relay,
+        src: socket.socket,
+        dst: socket.socket,
+        to_server: bool,
+        prefix: bytes,
+    ) -> None:
+        self.relay = relay
+        self.loop = relay.loop
+        self.src = src
+        self.dst = dst
+        self.sfd = src.fileno()
+        self.dfd = dst.fileno()
+        self.to_server = to_server
+        self.prefix: memoryview | None = memoryview(prefix) if prefix else None
+        self.reading = False
+        self.writing = False
+        self.eof = False
+        self.done = False
+        self.last = relay.loop.time()
+
+    # -- registration helpers (idempotent) -------------------------------------------------
+    def _want_read(self) -> None:
+        if not self.reading:
+            self.loop.add_reader(self.sfd, self._on_readable)
+            self.reading = True
+
+    def _stop_read(self) -> None:
+        if self.reading:
+            self.loop.remove_reader(self.sfd)
+            self.reading = False
+
+    def _want_write(self) -> None:
+        if not self.writing:
+            self.loop.add_writer(self.dfd, self._on_writable)
+            self.writing = True
+
+    def _stop_write(self) -> None:
+        if self.writing:
+            self.loop.remove_writer(self.dfd)
+            self.writing = False
+
+    # -- life cycle ----------------------------------------------------------------------
+    def start(self) -> None:
+        """Send the prefix if any, then start reading."""
+        if self.prefix is not None:
+            self._send_prefix()
+        else:
+            self._want_read()
+
+    def _send_prefix(self) -> None:
+        prefix = self.prefix
+        assert prefix is not None
+        try:
+            while prefix:
+                prefix = prefix[self.dst.send(prefix) :]
+        except BlockingIOError:
+            self.prefix = prefix
+            self._want_write()
+            return
+        except OSError as exc:
+            self.relay.fail(not self.to_server, exc)
+            return
+        self.prefix = None
+        self._stop_write()
+        self._want_read()
+
+    def _on_writable(self) -> None:
+        try:
+            if self.prefix is not None:
+                self._send_prefix()
+            else:
+                self._drain()
+        except Exception as exc:  # a bug must end this connection, not leak it
+            self.relay.crash(exc)
+
+    def _on_readable(self) -> None:
+        try:
+            self._read()
+        except Exception as exc:
+            self.relay.crash(exc)
+
+    def _read(self) -> None:
+        raise NotImplementedError
+
+    def _drain(self) -> None:
+        raise NotImplementedError
+
+    def _count(self, n: int) -> None:
+        self.last = self.loop.time()
+        if self.to_server:
+            self.relay.session.bytes_in += n
+        else:
+            self.relay.session.bytes_out += n
+
+    def _at_eof(self) -> None:
+        """The source said EOF and everything read has been written: pass the half-close on."""
+        self.done = True
+        self._stop_read()
+        self._stop_write()
+        try:
+            self.dst.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+        self.relay.half_done(self)
+
+    def stop(self) -> None:
+        """Unregister from the loop and return pooled resources; the relay is ending."""
+        self._stop_read()
+        self._stop_write()
+
+
+class _SpliceHalf(_Half):
+    """Socket → pipe → socket with ``os.splice``."""
+
+    __slots__ = ("pipe", "pipes")
+
+    def __init__(
+        self,
+        relay: Relay,
+        src: socket.socket,
+        dst: socket.socket,
+        to_server: bool,
+        prefix: bytes,
+        pipes: PipePool,
+    ) -> None:
+        super().__init__(relay, src, dst, to_server, prefix)
+        self.pipes = pipes
+        self.pipe: Pipe | None = None
+
+    def _read(self) -> None:
+        pipes = self.pipes
+        for _ in range(_ROUNDS):
+            pipe = self.pipe
+            if pipe is None:
+                pipe = self.pipe = pipes.get()
+            try:
+                n = os.splice(self.sfd, pipe.w, pipes.size, flags=_SPLICE_FLAGS)
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                self.relay.fail(self.to_server, exc)
+                return
+            if n == 0:
+                self.eof = True
+                self._stop_read()
+                break
+            pipe.pending += n
+            self._count(n)
+            self._drain()
+            if self.pipe is not None or not self.reading:
+                return  # backpressure, or the relay ended
+        pipe = self.pipe
+        if pipe is not None and pipe.pending == 0:
+            self.pipe = None
+            pipes.put(pipe)
+        if self.eof and self.pipe is None and not self.done:
+            self._at_eof()
+
+    def _drain(self) -> None:
+        pipe = self.pipe
+        assert pipe is not None
+        while pipe.pending:
+            try:
+                m = os.splice(pipe.r, self.dfd, pipe.pending, flags=_SPLICE_FLAGS)
+            except BlockingIOError:
+                m = 0
+            except OSError as exc:
+                self.relay.fail(not self.to_server, exc)
+                return
+            if m == 0:
+                self._stop_read()
+                self._want_write()
+                return
+            pipe.pending -= m
+        self.pipe = None
+        self.pipes.put(pipe)
+        self._stop_write()
+        if self.eof:
+            self._at_eof()
+        else:
+            self._want_read()
+
+    def stop(self) -> None:
+        """Unregister and give back (or close, if not empty) the borrowed pipe."""
+        super().stop()
+        if self.pipe is not None:
+            self.pipes.put(self.pipe)
+            self.pipe = None
+
+
+class _CopyHalf(_Half):
+    """``recv_into`` a pooled buffer, then ``send`` it."""
+
+    __slots__ = ("buf", "buffers", "end", "start_")
+
+    def __init__(
+        self,
+        relay: Relay,
+        src: socket.socket,
+        dst: socket.socket,
+        to_server: bool,
+        prefix: bytes,
+        buffers: BufferPool,
+    ) -> None:
+        super().__init__(relay, src, dst, to_server, prefix)
+        self.buffers = buffers
+        self.buf: memoryview | None = None
+        self.start_ = 0
+        self.end = 0
+
+    def _read(self) -> None:
+        for _ in range(_ROUNDS):
+            buf = self.buf
+            if buf is None:
+                buf = self.buf = self.buffers.get()
+            try:
+                n = self.src.recv_into(buf)
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                self.relay.fail(self.to_server, exc)
+                return
+            if n == 0:
+                self.eof = True
+                self._stop_read()
+                break
+            self.start_ = 0
+            self.end = n
+            self._count(n)
+            self._drain()
+            if self.buf is not None or not self.reading:
+                return
+        buf = self.buf
+        if buf is not None and self.start_ >= self.end:
+            self.buf = None
+            self.buffers.put(buf)
+        if self.eof and self.buf is None and not self.done:
+            self._at_eof()
+
+    def _drain(self) -> None:
+        buf = self.buf
+        assert buf is not None
+        while self.start_ < self.end:
+            try:
+                m = self.dst.send(buf[self.start_ : self.end])
+            except BlockingIOError:
+                self._stop_read()
+                self._want_write()
+                return
+            except OSError as exc:
+                self.relay.fail(not self.to_server, exc)
+                return
+            self.start_ += m
+        self.buf = None
+        self.buffers.put(buf)
+        self._stop_write()
+        if self.eof:
+            self._at_eof()
+        else:
+            self._want_read()
+
+    def stop(self) -> None:
+        """Unregister and give back the borrowed buffer."""
+        super().stop()
+        if self.buf is not None:
+            self.buffers.put(self.buf)
+            self.buf = None
+
+
+class Relay:
+    """Both directions between ``client`` and ``server``, with idle timeout and accounting.
+
+    ``splice=True`` moves bytes with ``os.splice`` (both must be plain TCP sockets);
+    otherwise through pooled buffers. ``idle_timeout`` of 0 disables the idle timer.
+    """
+
+    __slots__ = (
+        "c2s",
+        "client",
+        "ended",
+        "first_eof_client",
+        "idle_timeout",
+        "loop",
+        "on_done",
+        "s2c",
+        "server",
+        "session",
+        "timer",
+    )
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        client: socket.socket,
+        server: socket.socket,
+        session: Session,
+        on_done: DoneCallback,
+        *,
+        splice: bool,
+        pipes: PipePool,
+        buffers: BufferPool,
+        idle_timeout: float = 0.0,
+        to_server: bytes = b"",
+        to_client: bytes = b"",
+    ) -> None:
+        self.loop = loop
+        self.client = client
+        self.server = server
+        self.session = session
+        self.on_done = on_done
+        self.idle_timeout = idle_timeout
+        self.ended = False
+        self.first_eof_client: bool | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.c2s: _Half
+        self.s2c: _Half
+        if splice:
+            self.c2s = _SpliceHalf(self, client, server, True, to_server, pipes)
+            self.s2c = _SpliceHalf(self, server, client, False, to_client, pipes)
+        else:
+            self.c2s = _CopyHalf(self, client, server, True, to_server, buffers)
+            self.s2c = _CopyHalf(self, server, client, False, to_client, buffers)
+
+    def start(self) -> None:
+        """Begin relaying in both directions."""
+        if self.idle_timeout > 0:
+            self.timer = self.loop.call_at(self.loop.time() + self.idle_timeout, self._check_idle)
+        self.c2s.start()
+        if not self.ended:
+            self.s2c.start()
+
+    def _check_idle(self) -> None:
+        c_last = self.c2s.last
+        s_last = self.s2c.last
+        deadline = max(c_last, s_last) + self.idle_timeout
+        if self.loop.time() < deadline:
+            self.timer = self.loop.call_at(deadline, self._check_idle)
+            return
+        self.timer = None
+        # The side that has been silent longer is the one that timed out.
+        if c_last <= s_last:
+            self.end(Reason.CLIENT_IDLE_TIMEOUT, f"no data for {self.idle_timeout:g}s")
+        else:
+            self.end(Reason.SERVER_IDLE_TIMEOUT, f"no data for {self.idle_timeout:g}s")
+
+    def half_done(self, half: _Half) -> None:
+        """Called by a half that reached EOF; ends the relay when both have."""
+        if self.first_eof_client is None:
+            self.first_eof_client = half.to_server
+        if self.c2s.done and self.s2c.done:
+            reason = Reason.CLIENT_CLOSED if self.first_eof_client else Reason.SERVER_CLOSED
+            self.end(reason)
+
+    def fail(self, client_side: bool, exc: OSError) -> None:
+        """A socket error on one side ends both directions, blamed on that side."""
+        reason = Reason.CLIENT_CLOSED if client_side else Reason.SERVER_CLOSED
+        self.end(reason, exc.strerror or type(exc).__name__)
+
+    def crash(self, exc: BaseException) -> None:
+        """An unexpected exception in a callback: end with ``internal_error`` and the traceback."""
+        log.error("relay of connection %d failed", self.session.id, exc_info=exc)
+        self.end(Reason.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}")
+
+    def end(self, reason: Reason, detail: str = "") -> None:
+        """Tear down: unregister, release pipes/buffers, close both sockets, report once."""
+        if self.ended:
+            return
+        self.ended = True
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self.c2s.stop()
+        self.s2c.stop()
+        self.client.close()
+        self.server.close()
+        self.on_done(reason, detail)

@@ -1,0 +1,112 @@
+"""Read from a fresh connection until a sans-IO parser decides, under a deadline and a size limit.
+
+The bytes read are kept, whole and in order, and handed to ``on_result`` together with the
+parser's answer, so the mode can strip what it consumed (a PROXY header) and replay the rest
+(a ClientHello, an HTTP head) to the backend. Nothing is lost.
+
+The parser is any callable ``parse(data) -> NEED_DATA | result``; it may raise
+:class:`portway.errors.ProtocolError` for input it rejects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Callable
+from typing import Any
+
+from portway.errors import ProtocolError
+from portway.termination import Reason
+
+ResultCallback = Callable[[Any, bytearray], None]
+ErrorCallback = Callable[[Reason, str], None]
+
+
+class Sniff:
+    """Reads ``sock`` into a buffer until ``parse`` returns something other than ``need``."""
+
+    __slots__ = (
+        "buf",
+        "done",
+        "limit",
+        "loop",
+        "need",
+        "on_error",
+        "on_result",
+        "parse",
+        "sock",
+        "timer",
+        "what",
+    )
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        sock: socket.socket,
+        parse: Callable[[bytearray], Any],
+        need: object,
+        *,
+        what: str,
+        limit: int,
+        timeout: float,
+        on_result: ResultCallback,
+        on_error: ErrorCallback,
+    ) -> None:
+        self.loop = loop
+        self.sock = sock
+        self.parse = parse
+        self.need = need
+        self.what = what
+        self.limit = limit
+        self.on_result = on_result
+        self.on_error = on_error
+        self.buf = bytearray()
+        self.done = False
+        self.timer: asyncio.TimerHandle | None = loop.call_later(timeout, self._on_timeout)
+        loop.add_reader(sock.fileno(), self._on_readable)
+
+    def _on_readable(self) -> None:
+        try:
+            chunk = self.sock.recv(self.limit - len(self.buf) + 1)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            self._fail(Reason.CLIENT_CLOSED, f"{exc.strerror} while reading the {self.what}")
+            return
+        if not chunk:
+            self._fail(Reason.CLIENT_CLOSED, f"closed before sending a complete {self.what}")
+            return
+        self.buf += chunk
+        try:
+            result = self.parse(self.buf)
+        except ProtocolError as exc:
+            self._fail(Reason.PROTOCOL_ERROR, f"bad {self.what}: {exc}")
+            return
+        if result is self.need:
+            if len(self.buf) > self.limit:
+                self._fail(Reason.PROTOCOL_ERROR, f"{self.what} longer than {self.limit} bytes")
+            return
+        self._stop()
+        self.on_result(result, self.buf)
+
+    def _on_timeout(self) -> None:
+        self.timer = None
+        got = f"{len(self.buf)} bytes" if self.buf else "nothing"
+        self._fail(Reason.SNIFF_TIMEOUT, f"no complete {self.what} in time (got {got})")
+
+    def _fail(self, reason: Reason, detail: str) -> None:
+        self._stop()
+        self.on_error(reason, detail)
+
+    def _stop(self) -> None:
+        if self.done:
+            return
+        self.done = True
+        self.loop.remove_reader(self.sock.fileno())
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def cancel(self) -> None:
+        """Stop reading without reporting anything (the connection is being torn down)."""
+        self._stop()

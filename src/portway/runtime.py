@@ -1,0 +1,123 @@
+"""One generation of configuration made live in a worker: backend pools and their health checks.
+
+A :class:`Runtime` is built from a :class:`~portway.config.model.Config` on start and on every
+reload. Connections accepted under it keep using it until they end, so a reload never touches
+live connections; the worker only points *new* connections at the new runtime. Server health
+is carried from the previous runtime for servers that are still configured the same way, so a
+server that was down stays down across a reload.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections.abc import Callable
+
+from portway.config.model import BackendSpec, Config, HealthCheck
+from portway.route.backend import Pool, Server, ServerHealth
+
+log = logging.getLogger("portway.health")
+
+#: Called when a server goes up or down: (backend, server, up, why).
+StateCallback = Callable[[str, Server, bool, str], None]
+
+
+class Runtime:
+    """Pools for every backend of one config generation, plus their active health checks."""
+
+    def __init__(self, config: Config, generation: int, previous: Runtime | None = None) -> None:
+        self.config = config
+        self.generation = generation
+        self.pools: dict[str, Pool] = {}
+        self.backends: dict[str, BackendSpec] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        for spec in config.backends.values():
+            self.backends[spec.name] = spec
+            servers = []
+            for s in spec.servers:
+                health = ServerHealth(
+                    rise=spec.health_check.rise if spec.health_check else 2,
+                    fall=spec.health_check.fall if spec.health_check else 3,
+                    eject_failures=spec.eject.failures,
+                    eject_cooldown=spec.eject.cooldown,
+                )
+                old = previous.find_server(spec.name, s.name) if previous else None
+                if old is not None and (old.host, old.port) == (s.host, s.port):
+                    health.checked_up = old.health.checked_up
+                    health.ejected_until = old.health.ejected_until
+                servers.append(Server(s.name, s.host, s.port, weight=s.weight, backup=s.backup, health=health))
+            self.pools[spec.name] = Pool(spec.name, servers, spec.balance)
+
+    def find_server(self, backend: str, name: str) -> Server | None:
+        """The server called ``name`` in ``backend``, if configured."""
+        pool = self.pools.get(backend)
+        if pool is None:
+            return None
+        for server in pool.servers:
+            if server.name == name:
+                return server
+        return None
+
+    async def resolve(self, loop: asyncio.AbstractEventLoop) -> list[str]:
+        """Resolve every server's host to a socket address; returns warnings for failures.
+
+        A server whose name does not resolve stays configured with no address: dialling it
+        fails over to the next server, and it is retried at the next reload.
+        """
+        problems: list[str] = []
+        for pool in self.pools.values():
+            for server in pool.servers:
+                try:
+                    infos = await loop.getaddrinfo(server.host, server.port, type=socket.SOCK_STREAM)
+                except OSError as exc:
+                    problems.append(f"backend {pool.name}: server {server.name}: "
+                                    f"cannot resolve {server.host!r}: {exc}")
+                    continue
+                server.sockaddr = infos[0][4]
+        return problems
+
+    def start_health_checks(self, loop: asyncio.AbstractEventLoop, on_change: StateCallback) -> None:
+        """Start one checking task per backend that has ``health_check`` configured."""
+        for name, spec in self.backends.items():
+            if spec.health_check is not None:
+                task = loop.create_task(self._check_loop(self.pools[name], spec.health_check, on_change))
+                self._tasks.append(task)
+
+    def stop_health_checks(self) -> None:
+        """Cancel this generation's health-check tasks (after a reload or at exit)."""
+        for task in self._tasks:
+            task.cancel()
+        self._tasks.clear()
+
+    async def _check_loop(self, pool: Pool, hc: HealthCheck, on_change: StateCallback) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            results = await asyncio.gather(*(_tcp_check(loop, s, hc.timeout) for s in pool.servers))
+            for server, why in zip(pool.servers, results, strict=True):
+                change = server.health.record_check(why == "")
+                if change is not None:
+                    up = change == "up"
+                    detail = f"{hc.rise} checks passed" if up else f"{hc.fall} checks failed: {why}"
+                    on_change(pool.name, server, up, detail)
+            await asyncio.sleep(hc.interval)
+
+
+async def _tcp_check(loop: asyncio.AbstractEventLoop, server: Server, timeout: float) -> str:
+    """Connect and close; '' when the server accepted, else why not."""
+    sockaddr = server.sockaddr
+    if sockaddr is None:
+        return "name did not resolve"
+    family = socket.AF_INET6 if len(sockaddr) == 4 else socket.AF_INET  # type: ignore[arg-type]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setblocking(False)
+    try:
+        await asyncio.wait_for(loop.sock_connect(sock, sockaddr), timeout)  # type: ignore[arg-type]
+    except TimeoutError:
+        return f"no answer within {timeout:g}s"
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    finally:
+        sock.close()
+    return ""
+
