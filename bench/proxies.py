@@ -126,7 +126,10 @@ class Portway(Proxy):
         try:
             head = subprocess.run(
                 ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
-                capture_output=True, text=True, timeout=10, check=False,
+                capture_output=True,
+                text=True,
+                timeout=10,
+                check=False,
             ).stdout.strip()
         except OSError:
             head = ""

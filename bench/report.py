@@ -33,7 +33,8 @@ def summarize_metric(metric: Metric, runs: Runs, proxies: Sequence[str]) -> dict
             if ref == proxy or ref not in runs or not metric.ratio:
                 continue
             pairs = [
-                v / r for v, r in zip(vals, _values(runs[ref], metric.key), strict=False)
+                v / r
+                for v, r in zip(vals, _values(runs[ref], metric.key), strict=False)
                 if v is not None and r
             ]
             if pairs:
@@ -54,8 +55,12 @@ def summarize(
             "title": scen.title,
             "metrics": [
                 {
-                    "key": m.key, "label": m.label, "unit": m.unit, "better": m.better,
-                    "digits": m.digits, "proxies": summarize_metric(m, runs, proxies),
+                    "key": m.key,
+                    "label": m.label,
+                    "unit": m.unit,
+                    "better": m.better,
+                    "digits": m.digits,
+                    "proxies": summarize_metric(m, runs, proxies),
                 }
                 for m in scen.metrics()
             ],

@@ -40,8 +40,12 @@ ALL_PROXIES = ["portway", "portway-copy", "haproxy", "haproxy-splice", "nginx"]
 
 #: Tools needed per scenario and per proxy (portway is checked separately and skipped if absent).
 TOOLS_FOR: dict[str, list[str]] = {
-    "bulk": ["iperf3"], "short": ["wrk", "nginx"], "idle": [],
-    "haproxy": ["haproxy"], "haproxy-splice": ["haproxy"], "nginx": ["nginx"],
+    "bulk": ["iperf3"],
+    "short": ["wrk", "nginx"],
+    "idle": [],
+    "haproxy": ["haproxy"],
+    "haproxy-splice": ["haproxy"],
+    "nginx": ["nginx"],
 }
 
 
@@ -80,26 +84,57 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         prog="python bench/run.py",
         description="Benchmark Portway against HAProxy and nginx on loopback (one worker each, pinned).",
     )
-    p.add_argument("--scenarios", type=csv(list(SCENARIOS)), default=",".join(SCENARIOS),
-                   help="comma-separated subset of: %(default)s (default: all)")
-    p.add_argument("--proxies", type=csv(ALL_PROXIES), default=",".join(ALL_PROXIES),
-                   help="comma-separated subset of: %(default)s (default: all; portway is skipped with a "
-                   "note if it cannot run)")
-    p.add_argument("--runs", type=int, default=None,
-                   help="rounds per scenario, proxies interleaved per round (default: 3)")
+    p.add_argument(
+        "--scenarios",
+        type=csv(list(SCENARIOS)),
+        default=",".join(SCENARIOS),
+        help="comma-separated subset of: %(default)s (default: all)",
+    )
+    p.add_argument(
+        "--proxies",
+        type=csv(ALL_PROXIES),
+        default=",".join(ALL_PROXIES),
+        help="comma-separated subset of: %(default)s (default: all; portway is skipped with a "
+        "note if it cannot run)",
+    )
+    p.add_argument(
+        "--runs",
+        type=int,
+        default=None,
+        help="rounds per scenario, proxies interleaved per round (default: 3)",
+    )
     p.add_argument("--duration", type=float, default=None, help="seconds per iperf3 / wrk run (default: 5)")
-    p.add_argument("--idle", type=int_list, default=None, metavar="N,N",
-                   help="idle connection counts, clamped to what RLIMIT_NOFILE allows (default: 2000,10000)")
+    p.add_argument(
+        "--idle",
+        type=int_list,
+        default=None,
+        metavar="N,N",
+        help="idle connection counts, clamped to what RLIMIT_NOFILE allows (default: 2000,10000)",
+    )
     p.add_argument("--wrk-connections", type=int, default=50, help="wrk -c (default: 50)")
-    p.add_argument("--quick", action="store_true",
-                   help="smoke check: 1 run, 2 s, idle N=500 (explicit options still win)")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke check: 1 run, 2 s, idle N=500 (explicit options still win)",
+    )
     p.add_argument("--proxy-core", type=int, default=0, help="CPU for the proxy under test (default: 0)")
-    p.add_argument("--load-core", type=int, default=1,
-                   help="CPU for load generators, backends and the harness (default: 1)")
-    p.add_argument("--portway-cmd", default=None,
-                   help="command that runs Portway (default: .venv/bin/portway, else python -m portway)")
-    p.add_argument("--results-dir", type=Path, default=HERE / "results",
-                   help="where the JSON goes (default: bench/results)")
+    p.add_argument(
+        "--load-core",
+        type=int,
+        default=1,
+        help="CPU for load generators, backends and the harness (default: 1)",
+    )
+    p.add_argument(
+        "--portway-cmd",
+        default=None,
+        help="command that runs Portway (default: .venv/bin/portway, else python -m portway)",
+    )
+    p.add_argument(
+        "--results-dir",
+        type=Path,
+        default=HERE / "results",
+        help="where the JSON goes (default: bench/results)",
+    )
     p.add_argument("--keep-workdir", action="store_true", help="keep configs and logs of the children")
     args = p.parse_args(argv)
     defaults = (1, 2.0, [500]) if args.quick else (3, 5.0, [2000, 10000])
@@ -207,13 +242,17 @@ def main(argv: list[str] | None = None) -> int:
 
     missing = missing_tools(args.scenarios, [p for p in args.proxies if not p.startswith("portway")])
     if missing:
-        print(f"error: missing tools: {', '.join(missing)}. Install them with: sudo bench/setup.sh",
-              file=sys.stderr)
+        print(
+            f"error: missing tools: {', '.join(missing)}. Install them with: sudo bench/setup.sh",
+            file=sys.stderr,
+        )
         return 2
     cpus = os.sched_getaffinity(0)
     if args.proxy_core == args.load_core or not {args.proxy_core, args.load_core} <= cpus:
-        print(f"error: need two distinct usable CPUs for --proxy-core/--load-core (have {sorted(cpus)})",
-              file=sys.stderr)
+        print(
+            f"error: need two distinct usable CPUs for --proxy-core/--load-core (have {sorted(cpus)})",
+            file=sys.stderr,
+        )
         return 2
 
     signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with SIGINT ignored
@@ -223,8 +262,12 @@ def main(argv: list[str] | None = None) -> int:
     os.sched_setaffinity(0, {args.load_core})  # the harness opens the idle clients: it is load
     fd_limit = raise_nofile()
     workdir = Path(tempfile.mkdtemp(prefix="portway-bench-"))
-    ctx = Context(workdir=workdir, proxy_core=args.proxy_core, fd_limit=fd_limit,
-                  portway_cmd=portway_command(args.portway_cmd))
+    ctx = Context(
+        workdir=workdir,
+        proxy_core=args.proxy_core,
+        fd_limit=fd_limit,
+        portway_cmd=portway_command(args.portway_cmd),
+    )
     notes: list[str] = []
     failures: list[str] = []
 
@@ -232,8 +275,10 @@ def main(argv: list[str] | None = None) -> int:
     idle_counts = []
     for n in args.idle:
         if n > cap:
-            notes.append(f"idle N={n:,} clamped to {cap:,}: the RLIMIT_NOFILE hard limit is {fd_limit} and a "
-                         "proxy needs 2 fds per proxied connection plus spare ones")
+            notes.append(
+                f"idle N={n:,} clamped to {cap:,}: the RLIMIT_NOFILE hard limit is {fd_limit} and a "
+                "proxy needs 2 fds per proxied connection plus spare ones"
+            )
             n = cap
         if n not in idle_counts:
             idle_counts.append(n)
@@ -253,8 +298,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {note}", file=sys.stderr)
         return 2
 
-    settings = Settings(workdir=workdir, load_core=args.load_core, duration=args.duration,
-                        idle_counts=idle_counts, wrk_connections=args.wrk_connections)
+    settings = Settings(
+        workdir=workdir,
+        load_core=args.load_core,
+        duration=args.duration,
+        idle_counts=idle_counts,
+        wrk_connections=args.wrk_connections,
+    )
     scenarios = [SCENARIOS[name](settings) for name in args.scenarios]
     started = time.strftime("%Y-%m-%d %H:%M:%S %Z")
     stamp = time.strftime("%Y%m%dT%H%M%S")

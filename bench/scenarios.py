@@ -106,7 +106,10 @@ class Scenario(ABC):
 
 #: (metric key prefix, iperf3 -P, -R)
 BULK_VARIANTS: list[tuple[str, int, bool]] = [
-    ("p1", 1, False), ("p8", 8, False), ("p1r", 1, True), ("p8r", 8, True),
+    ("p1", 1, False),
+    ("p8", 8, False),
+    ("p1r", 1, True),
+    ("p8r", 8, True),
 ]
 
 
@@ -139,8 +142,18 @@ class Bulk(Scenario):
 
     def measure(self, proxy: Proxy, port: int, case: str) -> Measured:
         _, streams, reverse = next(v for v in BULK_VARIANTS if v[0] == case)
-        argv = ["iperf3", "-c", "127.0.0.1", "-p", str(port), "-t", f"{self.s.duration:g}",
-                "-P", str(streams), "--json"]
+        argv = [
+            "iperf3",
+            "-c",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "-t",
+            f"{self.s.duration:g}",
+            "-P",
+            str(streams),
+            "--json",
+        ]
         if reverse:
             argv.append("-R")
         data, cpu, wall = self._iperf(argv, proxy)
@@ -198,8 +211,14 @@ class Short(Scenario):
             Metric("conns_per_s", "connections/s", "conn/s", "higher", 0),
             Metric("cpu_ms_per_1k", "proxy CPU per 1,000 connections", "ms", "lower", 1),
             Metric("busy", "proxy core busy", "%", "", 0, ratio=False),
-            Metric("socket_errors", "wrk socket errors (connect+read+write+timeout)", "count", "lower", 0,
-                   ratio=False),
+            Metric(
+                "socket_errors",
+                "wrk socket errors (connect+read+write+timeout)",
+                "count",
+                "lower",
+                0,
+                ratio=False,
+            ),
             Metric("non_2xx", "wrk non-2xx/3xx responses", "count", "lower", 0, ratio=False),
         ]
 
@@ -232,8 +251,17 @@ class Short(Scenario):
         wait_listening(self.upstream_port, self.backend)
 
     def measure(self, proxy: Proxy, port: int, case: str) -> Measured:
-        argv = ["wrk", "-t1", f"-c{self.s.wrk_connections}", f"-d{self.s.duration:g}s", "--timeout", "5s",
-                "-H", "Connection: close", f"http://127.0.0.1:{port}/"]
+        argv = [
+            "wrk",
+            "-t1",
+            f"-c{self.s.wrk_connections}",
+            f"-d{self.s.duration:g}s",
+            "--timeout",
+            "5s",
+            "-H",
+            "Connection: close",
+            f"http://127.0.0.1:{port}/",
+        ]
         pids = proxy.pids()
         t0, cpu0 = time.monotonic(), cpu_seconds(pids)
         try:
@@ -270,8 +298,12 @@ class Holder:
 
     def __init__(self, port: int, core: int, log: Path) -> None:
         self.child = Child(
-            "holder", [sys.executable, str(HERE / "holder.py"), str(port)],
-            core=core, log=log, stdin=subprocess.PIPE, stdout_pipe=True,
+            "holder",
+            [sys.executable, str(HERE / "holder.py"), str(port)],
+            core=core,
+            log=log,
+            stdin=subprocess.PIPE,
+            stdout_pipe=True,
         )
         self._sel = selectors.DefaultSelector()
         assert self.child.proc.stdout is not None
@@ -326,8 +358,9 @@ class Idle(Scenario):
         out: list[Metric] = []
         for n in self.s.idle_counts:
             out.append(Metric(f"n{n}_kib_per_conn", f"N={n:,}: RSS per idle connection", "KiB", "lower", 2))
-            out.append(Metric(f"n{n}_base_mib", f"N={n:,}: tree RSS before opening", "MiB", "lower", 1,
-                              ratio=False))
+            out.append(
+                Metric(f"n{n}_base_mib", f"N={n:,}: tree RSS before opening", "MiB", "lower", 1, ratio=False)
+            )
         return out
 
     def setup(self) -> None:

@@ -47,21 +47,32 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     run = sub.add_parser(
-        "run", help="run the proxy (supervisor + workers)", epilog=RUN_EPILOG,
+        "run",
+        help="run the proxy (supervisor + workers)",
+        epilog=RUN_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Run Portway in the foreground: a supervisor process and N worker processes.",
     )
-    run.add_argument("-c", "--config", metavar="FILE",
-                     help="TOML configuration file (default: the built-in default)")
-    run.add_argument("--workers", type=int, metavar="N", help="number of worker processes (overrides `workers`)")
-    run.add_argument("--pid-file", metavar="PATH", help="write the supervisor's pid here (overrides `pid_file`)")
+    run.add_argument(
+        "-c", "--config", metavar="FILE", help="TOML configuration file (default: the built-in default)"
+    )
+    run.add_argument(
+        "--workers", type=int, metavar="N", help="number of worker processes (overrides `workers`)"
+    )
+    run.add_argument(
+        "--pid-file", metavar="PATH", help="write the supervisor's pid here (overrides `pid_file`)"
+    )
 
     check = sub.add_parser(
-        "check", help="validate a configuration file and print the effective plan", epilog=CHECK_EPILOG,
+        "check",
+        help="validate a configuration file and print the effective plan",
+        epilog=CHECK_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Validate a configuration file completely without starting anything.",
     )
-    check.add_argument("-c", "--config", metavar="FILE", help="TOML configuration file (default: the built-in default)")
+    check.add_argument(
+        "-c", "--config", metavar="FILE", help="TOML configuration file (default: the built-in default)"
+    )
 
     sub.add_parser("version", help="print the version")
 
@@ -120,10 +131,14 @@ def _run(config: Config, args: argparse.Namespace) -> int:
     log = logging.getLogger("portway")
     log.info("portway %s starting (pid %d) with %s", __version__, os.getpid(), config.source)
     if args.config is None:
-        log.info("no -c given: running the built-in default: the admin endpoint plus a demo tcp "
-                 "listener on 127.0.0.1:7070 that forwards to it (try: curl http://127.0.0.1:7070/stats). "
-                 "The tcp mode is the one available in this version; see README.md to configure yours.")
+        log.info(
+            "no -c given: running the built-in default: the admin endpoint plus a demo tcp "
+            "listener on 127.0.0.1:7070 that forwards to it (try: curl http://127.0.0.1:7070/stats). "
+            "The tcp mode is the one available in this version; see README.md to configure yours."
+        )
     for listener in config.listeners:
         binds = ", ".join(str(b) for b in listener.bind)
-        log.info("listener %s (%s) on %s -> backend %s", listener.name, listener.mode, binds, listener.backend)
+        log.info(
+            "listener %s (%s) on %s -> backend %s", listener.name, listener.mode, binds, listener.backend
+        )
     return supervisor.main(config, args.config, pid_file=args.pid_file)

@@ -90,8 +90,12 @@ class Context:
         self.stats.closed(session)
         self.access.write(session)
         if session.reason is Reason.INTERNAL_ERROR:
-            log.error("connection %d on %s ended by an internal error: %s",
-                      session.id, session.listener, session.detail)
+            log.error(
+                "connection %d on %s ended by an internal error: %s",
+                session.id,
+                session.listener,
+                session.detail,
+            )
         conn.listener.release()
         if not self.live and self._idle_waiters:
             for fut in self._idle_waiters:

@@ -46,7 +46,9 @@ class Runtime:
                 if old is not None and (old.host, old.port) == (s.host, s.port):
                     health.checked_up = old.health.checked_up
                     health.ejected_until = old.health.ejected_until
-                servers.append(Server(s.name, s.host, s.port, weight=s.weight, backup=s.backup, health=health))
+                servers.append(
+                    Server(s.name, s.host, s.port, weight=s.weight, backup=s.backup, health=health)
+                )
             self.pools[spec.name] = Pool(spec.name, servers, spec.balance)
 
     def find_server(self, backend: str, name: str) -> Server | None:
@@ -71,8 +73,9 @@ class Runtime:
                 try:
                     infos = await loop.getaddrinfo(server.host, server.port, type=socket.SOCK_STREAM)
                 except OSError as exc:
-                    problems.append(f"backend {pool.name}: server {server.name}: "
-                                    f"cannot resolve {server.host!r}: {exc}")
+                    problems.append(
+                        f"backend {pool.name}: server {server.name}: cannot resolve {server.host!r}: {exc}"
+                    )
                     continue
                 server.sockaddr = infos[0][4]
         return problems
@@ -120,4 +123,3 @@ async def _tcp_check(loop: asyncio.AbstractEventLoop, server: Server, timeout: f
     finally:
         sock.close()
     return ""
-

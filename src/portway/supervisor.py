@@ -64,6 +64,7 @@ class WorkerHandle:
         self.restarts = 0
         self.quick_deaths = 0
         self.retiring = False
+        self.tasks: list[asyncio.Task[None]] = []
 
     @property
     def pid(self) -> int | None:
@@ -128,9 +129,13 @@ class Supervisor:
             log.error("%s", exc)
             await self._shutdown(0.0)
             return 1
-        log.info("ready: %d worker%s (pids %s)%s", len(self.workers), "s" * (len(self.workers) != 1),
-                 ", ".join(str(w.pid) for w in self.workers),
-                 f"; admin on http://{_fmt(self.admin_address)}/" if self.admin_address else "")
+        log.info(
+            "ready: %d worker%s (pids %s)%s",
+            len(self.workers),
+            "s" * (len(self.workers) != 1),
+            ", ".join(str(w.pid) for w in self.workers),
+            f"; admin on http://{_fmt(self.admin_address)}/" if self.admin_address else "",
+        )
         dispatcher = loop.create_task(self._dispatch())
         try:
             return await self._done
@@ -160,8 +165,9 @@ class Supervisor:
             self.reload_failures += 1
             for issue in exc.issues:
                 log.error("reload rejected: %s", issue)
-            log.error("reload rejected: still running the previous configuration (generation %d)",
-                      self.generation)
+            log.error(
+                "reload rejected: still running the previous configuration (generation %d)", self.generation
+            )
             return
         self.generation += 1
         old = self.config
@@ -177,8 +183,13 @@ class Supervisor:
         if old.admin.listen != config.admin.listen:
             await self._restart_admin()
         await self._resize(config.workers)
-        log.info("reloaded %s: generation %d, %d listeners, %d backends", self.path, self.generation,
-                 len(config.listeners), len(config.backends))
+        log.info(
+            "reloaded %s: generation %d, %d listeners, %d backends",
+            self.path,
+            self.generation,
+            len(config.listeners),
+            len(config.backends),
+        )
 
     async def handle_term(self) -> None:
         """Graceful stop: drain for up to ``drain_timeout``, then exit 0."""
@@ -213,10 +224,18 @@ class Supervisor:
         parent, child = socket.socketpair()
         try:
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "portway", "worker",
-                "--index", str(handle.index), "--count", str(self.config.workers),
-                "--control-fd", str(child.fileno()),
-                pass_fds=[child.fileno()], stdin=asyncio.subprocess.DEVNULL,
+                sys.executable,
+                "-m",
+                "portway",
+                "worker",
+                "--index",
+                str(handle.index),
+                "--count",
+                str(self.config.workers),
+                "--control-fd",
+                str(child.fileno()),
+                pass_fds=[child.fileno()],
+                stdin=asyncio.subprocess.DEVNULL,
             )
         finally:
             child.close()
@@ -227,8 +246,10 @@ class Supervisor:
         handle.generation = self.generation
         handle.ready = loop.create_future()
         handle.pending.clear()
-        loop.create_task(self._read_worker(handle, reader))
-        loop.create_task(self._watch_worker(handle, proc))
+        handle.tasks = [
+            loop.create_task(self._read_worker(handle, reader)),
+            loop.create_task(self._watch_worker(handle, proc)),
+        ]
         await control.send(writer, self._config_message())
         try:
             await asyncio.wait_for(asyncio.shield(handle.ready), START_TIMEOUT)
@@ -236,8 +257,13 @@ class Supervisor:
             raise StartupError(f"worker {handle.index} did not start within {START_TIMEOUT:g}s") from exc
 
     def _config_message(self, mid: int | None = None) -> dict[str, Any]:
-        return {"op": "config", "id": mid, "config": self.config.raw,
-                "source": self.config.source, "generation": self.generation}
+        return {
+            "op": "config",
+            "id": mid,
+            "config": self.config.raw,
+            "source": self.config.source,
+            "generation": self.generation,
+        }
 
     async def _read_worker(self, handle: WorkerHandle, reader: asyncio.StreamReader) -> None:
         while True:
@@ -268,8 +294,9 @@ class Supervisor:
         ready = handle.ready
         was_ready = ready is not None and ready.done() and not ready.exception()
         if ready is not None and not ready.done():
-            ready.set_exception(StartupError(
-                f"worker {handle.index} exited during start-up ({_describe_exit(code)})"))
+            ready.set_exception(
+                StartupError(f"worker {handle.index} exited during start-up ({_describe_exit(code)})")
+            )
         if handle.proc is not proc:
             return
         if handle.writer is not None:
@@ -281,8 +308,15 @@ class Supervisor:
         delay = min(RESTART_BACKOFF_MAX, RESTART_BACKOFF_FIRST * 2 ** max(0, handle.quick_deaths - 1))
         handle.restarts += 1
         self.worker_restarts += 1
-        log.error("worker %d (pid %d) %s after %.1fs; restarting in %gs (restart #%d)",
-                  handle.index, proc.pid, _describe_exit(code), lived, delay, handle.restarts)
+        log.error(
+            "worker %d (pid %d) %s after %.1fs; restarting in %gs (restart #%d)",
+            handle.index,
+            proc.pid,
+            _describe_exit(code),
+            lived,
+            delay,
+            handle.restarts,
+        )
         await asyncio.sleep(delay)
         if self.stopping or handle.retiring:
             return
@@ -354,8 +388,9 @@ class Supervisor:
         that as a counter reset.
         """
         handles = [w for w in self.workers if w.alive]
-        replies = await asyncio.gather(*(self._request(w, {"op": "stats"}) for w in handles),
-                                       return_exceptions=True)
+        replies = await asyncio.gather(
+            *(self._request(w, {"op": "stats"}) for w in handles), return_exceptions=True
+        )
         snapshots = [r["data"] for r in replies if isinstance(r, dict) and "data" in r]
         return metrics.merge(snapshots)
 
@@ -389,13 +424,16 @@ class Supervisor:
         listen = self.config.admin.listen
         if listen is None:
             return
-        admin = AdminServer(listen.host, listen.port, metrics=self._metrics, stats=self._stats,
-                            health=self._health)
+        admin = AdminServer(
+            listen.host, listen.port, metrics=self._metrics, stats=self._stats, health=self._health
+        )
         try:
             self.admin_address = await admin.start()
         except OSError as exc:
-            raise StartupError(f"cannot start the admin endpoint on {listen}: {exc.strerror} "
-                               "(change [admin] listen, or set it to \"off\")") from exc
+            raise StartupError(
+                f"cannot start the admin endpoint on {listen}: {exc.strerror} "
+                '(change [admin] listen, or set it to "off")'
+            ) from exc
         self.admin = admin
 
     async def _restart_admin(self) -> None:

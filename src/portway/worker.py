@@ -145,16 +145,17 @@ class Worker:
             factory = CONNECTION_CLASSES[spec.mode]
             socks: dict[BindSpec, socket.socket] = {}
             for bind in spec.bind:
-                sock = existing.pop(bind, None)
-                if sock is not None:
+                if bind in existing:
+                    sock = existing.pop(bind)
                     sock.listen(spec.backlog)
                 else:
                     sock = created[bind]
                 socks[bind] = sock
-            listener = self.listeners.get(spec.name)
-            if listener is None or listener.closed:
+            old = self.listeners.get(spec.name)
+            if old is None or old.closed:
                 listener = Listener(ctx, spec, runtime, factory)
             else:
+                listener = old
                 listener.update(spec, runtime, factory)
             listener.adopt(socks)
             listeners[spec.name] = listener

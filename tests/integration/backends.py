@@ -65,6 +65,7 @@ class Backend:
 
     def close(self) -> None:
         """Stop listening (live connections are left alone)."""
+
         async def _close() -> None:
             self.server.close()
 

@@ -68,7 +68,10 @@ class Portway:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         self.proc = subprocess.Popen(
             [*self.prefix, sys.executable, "-m", "portway", "run", "-c", str(self.path)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=self.tmp,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+            cwd=self.tmp,
         )
         for stream, sink in ((self.proc.stdout, self._on_out), (self.proc.stderr, self._on_err)):
             t = threading.Thread(target=self._pump, args=(stream, sink), daemon=True)
@@ -108,8 +111,11 @@ class Portway:
                     if rx.search(line):
                         return line
                 left = deadline - time.monotonic()
-                if left <= 0 or (self.proc is not None and self.proc.poll() is not None
-                                 and not any(t.is_alive() for t in self._threads)):
+                if left <= 0 or (
+                    self.proc is not None
+                    and self.proc.poll() is not None
+                    and not any(t.is_alive() for t in self._threads)
+                ):
                     tail = "\n".join(self.log[-30:])
                     raise AssertionError(f"no log line matching {pattern!r} within {timeout}s; log:\n{tail}")
                 self._cond.wait(min(left, 0.2))
@@ -124,8 +130,9 @@ class Portway:
                     return value
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise AssertionError(f"access log condition not met within {timeout}s: "
-                                         f"{self.access[-5:]}")
+                    raise AssertionError(
+                        f"access log condition not met within {timeout}s: {self.access[-5:]}"
+                    )
                 self._cond.wait(min(left, 0.2))
 
     def signal(self, sig: int) -> None:

@@ -45,6 +45,7 @@ def test_sighup_under_load_loses_nothing_and_applies_new_config(tmp_path: Path, 
     port = free_port()
     pw = Portway(tmp_path, tcp_config(port, [streamer.port], workers=2)).start()
     try:
+
         async def load_and_reload() -> list[dict[str, object]]:
             tasks = [asyncio.ensure_future(exchange_client("127.0.0.1", port, size)) for _ in range(200)]
             # Reload while the 200 transfers are in flight, pointing new connections elsewhere.
@@ -71,7 +72,7 @@ def test_invalid_config_on_sighup_keeps_the_old(tmp_path: Path, lt: LoopThread) 
     port, admin = free_port(), free_port()
     pw = Portway(tmp_path, tcp_config(port, [old.port], admin_port=admin)).start()
     try:
-        pw.path.write_text(tcp_config(port, [old.port]).replace('balance', 'balanse') + '\n[oops\n')
+        pw.path.write_text(tcp_config(port, [old.port]).replace("balance", "balanse") + "\n[oops\n")
         n = len(pw.log)
         pw.signal(signal.SIGHUP)
         line = pw.wait_for(r"reload rejected: .*portway.toml", start=n)
@@ -154,7 +155,7 @@ def test_killed_worker_comes_back(tmp_path: Path, lt: LoopThread) -> None:
         before = pw.worker_pids()
         assert len(before) == 2
         os.kill(before[0], signal.SIGKILL)
-        pw.wait_for(r"worker \d \(pid %d\) was killed by SIGKILL" % before[0])
+        pw.wait_for(rf"worker \d \(pid {before[0]}\) was killed by SIGKILL")
         pw.wait_for(r"worker \d restarted")
         after = wait_until(lambda: len(pw.worker_pids()) == 2 and pw.worker_pids(), what="two workers")
         assert before[0] not in after and before[1] in after
@@ -236,4 +237,3 @@ def test_out_of_file_descriptors_backs_off_and_recovers(tmp_path: Path, lt: Loop
 def _cpu_ticks(pid: int) -> int:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return int(fields[11]) + int(fields[12])
-

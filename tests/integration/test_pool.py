@@ -36,8 +36,9 @@ def _named_backend(lt: LoopThread, name: bytes, hold: bool = False) -> Backend:
 
 
 def _greeting(port: int, source: str | None = None) -> bytes:
-    with socket.create_connection(("127.0.0.1", port), timeout=10,
-                                  source_address=(source, 0) if source else None) as s:
+    with socket.create_connection(
+        ("127.0.0.1", port), timeout=10, source_address=(source, 0) if source else None
+    ) as s:
         f = s.makefile("rb")
         name = f.readline().strip()
         s.sendall(b"ping")
@@ -64,8 +65,11 @@ def test_dead_server_is_skipped_by_retry(tmp_path: Path, lt: LoopThread) -> None
 
 def test_all_servers_down_closes_at_once_with_no_server(tmp_path: Path) -> None:
     dead1, dead2, port = free_port(), free_port(), free_port()
-    conf = tcp_config(port, [dead1, dead2],
-                      backend='health_check = { interval = "100ms", timeout = "100ms", rise = 1, fall = 1 }')
+    conf = tcp_config(
+        port,
+        [dead1, dead2],
+        backend='health_check = { interval = "100ms", timeout = "100ms", rise = 1, fall = 1 }',
+    )
     pw = Portway(tmp_path, conf).start()
     try:
         pw.wait_for(r"pool/s0 .* is DOWN")
@@ -83,8 +87,12 @@ def test_health_checks_follow_rise_and_fall(tmp_path: Path, lt: LoopThread) -> N
     a = _named_backend(lt, b"a")
     b_port = free_port()
     port, admin = free_port(), free_port()
-    conf = tcp_config(port, [a.port, b_port], admin_port=admin,
-                      backend='health_check = { interval = "100ms", timeout = "200ms", rise = 3, fall = 2 }')
+    conf = tcp_config(
+        port,
+        [a.port, b_port],
+        admin_port=admin,
+        backend='health_check = { interval = "100ms", timeout = "200ms", rise = 3, fall = 2 }',
+    )
     pw = Portway(tmp_path, conf).start()
     try:
         down_line = pw.wait_for(r"pool/s1 .* is DOWN")

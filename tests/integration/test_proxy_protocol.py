@@ -71,7 +71,8 @@ def test_v2_header_sent_to_server_byte_exact(tmp_path: Path, lt: LoopThread) -> 
             + b"\x21"  # version 2, command PROXY
             + b"\x11"  # AF_INET, STREAM
             + struct.pack("!H", 12)  # address block length
-            + socket.inet_aton("127.0.0.1") + socket.inet_aton("127.0.0.1")
+            + socket.inet_aton("127.0.0.1")
+            + socket.inet_aton("127.0.0.1")
             + struct.pack("!HH", cport, port)
         )
         assert seen[0] == expected + b"hello"
@@ -83,9 +84,12 @@ def test_header_from_trusted_client_sets_client_address(tmp_path: Path, lt: Loop
     seen: list[bytes] = []
     backend = _recording_backend(lt, seen)
     port = free_port()
-    conf = tcp_config(port, [backend.port],
-                      listener='proxy_protocol = { accept = "required", trusted = ["127.0.0.0/8"] }',
-                      backend='send_proxy_protocol = "v1"')
+    conf = tcp_config(
+        port,
+        [backend.port],
+        listener='proxy_protocol = { accept = "required", trusted = ["127.0.0.0/8"] }',
+        backend='send_proxy_protocol = "v1"',
+    )
     pw = Portway(tmp_path, conf).start()
     try:
         # A load balancer in front says the real client is 203.0.113.7:4242.
@@ -103,8 +107,9 @@ def test_optional_accepts_clients_without_header(tmp_path: Path, lt: LoopThread)
     seen: list[bytes] = []
     backend = _recording_backend(lt, seen)
     port = free_port()
-    conf = tcp_config(port, [backend.port],
-                      listener='proxy_protocol = { accept = "optional", trusted = ["127.0.0.1"] }')
+    conf = tcp_config(
+        port, [backend.port], listener='proxy_protocol = { accept = "optional", trusted = ["127.0.0.1"] }'
+    )
     pw = Portway(tmp_path, conf).start()
     try:
         _send(port, b"GET / HTTP/1.0\r\n\r\n")
@@ -119,8 +124,9 @@ def test_header_from_untrusted_client_is_refused(tmp_path: Path, lt: LoopThread,
     seen: list[bytes] = []
     backend = _recording_backend(lt, seen)
     port = free_port()
-    conf = tcp_config(port, [backend.port],
-                      listener=f'proxy_protocol = {{ accept = "{accept}", trusted = ["10.0.0.0/8"] }}')
+    conf = tcp_config(
+        port, [backend.port], listener=f'proxy_protocol = {{ accept = "{accept}", trusted = ["10.0.0.0/8"] }}'
+    )
     pw = Portway(tmp_path, conf).start()
     try:
         _, back = _send(port, b"PROXY TCP4 203.0.113.7 127.0.0.1 4242 443\r\nGET /")
@@ -137,8 +143,9 @@ def test_required_without_header_is_refused(tmp_path: Path, lt: LoopThread) -> N
     seen: list[bytes] = []
     backend = _recording_backend(lt, seen)
     port = free_port()
-    conf = tcp_config(port, [backend.port],
-                      listener='proxy_protocol = { accept = "required", trusted = ["127.0.0.1"] }')
+    conf = tcp_config(
+        port, [backend.port], listener='proxy_protocol = { accept = "required", trusted = ["127.0.0.1"] }'
+    )
     pw = Portway(tmp_path, conf).start()
     try:
         _send(port, b"GET / HTTP/1.0\r\n\r\n")
@@ -156,9 +163,11 @@ def test_required_without_header_is_refused(tmp_path: Path, lt: LoopThread) -> N
 def test_sniff_timeout_applies_to_header(tmp_path: Path, lt: LoopThread) -> None:
     backend = _recording_backend(lt, [])
     port = free_port()
-    conf = tcp_config(port, [backend.port],
-                      listener='sniff_timeout = "300ms"\n'
-                               'proxy_protocol = { accept = "required", trusted = ["127.0.0.1"] }')
+    conf = tcp_config(
+        port,
+        [backend.port],
+        listener='sniff_timeout = "300ms"\nproxy_protocol = { accept = "required", trusted = ["127.0.0.1"] }',
+    )
     pw = Portway(tmp_path, conf).start()
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=10) as s:

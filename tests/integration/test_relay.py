@@ -130,6 +130,7 @@ def test_half_close_server_first(tmp_path: Path, lt: LoopThread) -> None:
     pw = Portway(tmp_path, tcp_config(port, [backend.port])).start()
     payload = os.urandom(MiB)
     try:
+
         async def client() -> bytes:
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
             banner = await reader.read()  # EOF from the server arrives while we may still send
@@ -185,21 +186,27 @@ def test_keepalive_is_set_on_both_sides(tmp_path: Path, lt: LoopThread) -> None:
 
     backend = Backend(lt, handler)
     port = free_port()
-    conf = tcp_config(port, [backend.port], listener='keepalive = { idle = "7s", interval = "3s", count = 4 }')
+    conf = tcp_config(
+        port, [backend.port], listener='keepalive = { idle = "7s", interval = "3s", count = 4 }'
+    )
     pw = Portway(tmp_path, conf).start()
     try:
         with socket.create_connection(("127.0.0.1", port)):
             wait_until(lambda: backend.active == 1, what="backend connection")
 
             def timers() -> list[str]:
-                out = subprocess.run(["ss", "-tnoH", "state", "established"], capture_output=True,
-                                     text=True, check=True).stdout
+                out = subprocess.run(
+                    ["ss", "-tnoH", "state", "established"], capture_output=True, text=True, check=True
+                ).stdout
                 return [line for line in out.splitlines() if "keepalive" in line]
 
             lines = wait_until(lambda: len(timers()) >= 2 and timers(), what="keepalive timers")
             # One on the proxy's accepted socket (local port = listener) and one on its server socket.
             assert any(f"127.0.0.1:{port} " in line for line in lines)
-            assert any(f"127.0.0.1:{backend.port}" in line.split()[-2] for line in lines
-                       if f"127.0.0.1:{port} " not in line)
+            assert any(
+                f"127.0.0.1:{backend.port}" in line.split()[-2]
+                for line in lines
+                if f"127.0.0.1:{port} " not in line
+            )
     finally:
         pw.stop()

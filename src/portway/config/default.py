@@ -54,7 +54,7 @@ sniff_timeout = "5s"        # deadline on everything read before routing
 connect_timeout = "5s"      # one connect attempt to a server
 idle_timeout = "1h"         # no bytes either way for this long: close ("0" = never)
 retries = 2                 # extra connect attempts, each on another server
-max_connections = 10000     # per listener and worker; more wait in the backlog
+max_connections = 10000     # per listener, split over the workers; more wait in the backlog
 keepalive = { idle = "60s", interval = "10s", count = 6 }   # TCP keepalive; false = off
 relay = "auto"              # "auto" (splice between plain TCP sockets), "splice" or "copy"
 backlog = 1024              # listen(2) backlog

@@ -253,7 +253,7 @@ class ListenerSpec:
     backend: str | None
     """The backend a ``tcp`` listener forwards to (it exists in :attr:`Config.backends`)."""
     max_connections: int
-    """Concurrent connections per worker beyond which new ones wait in the backlog."""
+    """Live connections of this listener (split evenly over the workers); more wait in the backlog."""
     sniff_timeout: float
     """Deadline in seconds on everything read before routing."""
     idle_timeout: float

@@ -93,8 +93,10 @@ class TcpConnection:
         peer_ip = self.session.peer[0]
         self.trusted = pp.trusts(peer_ip)
         if not self.trusted and pp.accept == "required":
-            self._end(Reason.REFUSED_BY_RULE,
-                      f"{peer_ip} is not in proxy_protocol.trusted (a PROXY header is required)")
+            self._end(
+                Reason.REFUSED_BY_RULE,
+                f"{peer_ip} is not in proxy_protocol.trusted (a PROXY header is required)",
+            )
             return
         self.stage = Sniff(
             self.ctx.loop,
@@ -115,15 +117,17 @@ class TcpConnection:
             self.ctx.stats.sniffed(session.listener, session.sniff_s)
             if header is None:
                 if self.listener.spec.proxy_protocol.accept == "required":
-                    self._end(Reason.PROTOCOL_ERROR,
-                              "no PROXY protocol header (proxy_protocol.accept = required)")
+                    self._end(
+                        Reason.PROTOCOL_ERROR, "no PROXY protocol header (proxy_protocol.accept = required)"
+                    )
                     return
                 self._route(bytes(data))
                 return
             if not self.trusted:
-                self._end(Reason.REFUSED_BY_RULE,
-                          f"PROXY protocol header from {session.peer[0]}, which is not in "
-                          "proxy_protocol.trusted")
+                self._end(
+                    Reason.REFUSED_BY_RULE,
+                    f"PROXY protocol header from {session.peer[0]}, which is not in proxy_protocol.trusted",
+                )
                 return
             if header.source is not None:
                 session.client = peer_of(header.source)
@@ -163,8 +167,14 @@ class TcpConnection:
         self.ctx.stats.connect_failed(backend, server.name)
         if change == "ejected":
             h = server.health
-            log.warning("server %s/%s ejected for %gs after %d failed connects in a row (last: %s)",
-                        backend, server.name, h.eject_cooldown, h.eject_failures, detail)
+            log.warning(
+                "server %s/%s ejected for %gs after %d failed connects in a row (last: %s)",
+                backend,
+                server.name,
+                h.eject_cooldown,
+                h.eject_failures,
+                detail,
+            )
 
     def _on_connected(self, ssock: socket.socket, server: Server) -> None:
         try:

@@ -42,9 +42,7 @@ _BACKOFF_MAX = 1.0
 
 #: ``factory(ctx, listener, sock, peer, frontend)`` makes and starts the mode's connection object;
 #: ``frontend`` is the configured bind address that accepted it.
-ConnectionFactory = Callable[
-    ["Context", "Listener", socket.socket, tuple[str, int], tuple[str, int]], Any
-]
+ConnectionFactory = Callable[["Context", "Listener", socket.socket, tuple[str, int], tuple[str, int]], Any]
 
 
 class BindError(Exception):
@@ -70,12 +68,16 @@ def bind_socket(bind: BindSpec, backlog: int) -> socket.socket:
 
 def _bind_message(bind: BindSpec, exc: OSError) -> str:
     if exc.errno == errno.EADDRINUSE:
-        return (f"cannot listen on {bind}: address already in use "
-                "(another program holds this port; stop it or change the bind address)")
+        return (
+            f"cannot listen on {bind}: address already in use "
+            "(another program holds this port; stop it or change the bind address)"
+        )
     if exc.errno == errno.EADDRNOTAVAIL:
         return f"cannot listen on {bind}: no local interface has this address"
     if exc.errno == errno.EACCES:
-        return f"cannot listen on {bind}: permission denied (ports below 1024 need root or CAP_NET_BIND_SERVICE)"
+        return (
+            f"cannot listen on {bind}: permission denied (ports below 1024 need root or CAP_NET_BIND_SERVICE)"
+        )
     return f"cannot listen on {bind}: {exc.strerror}"
 
 
@@ -98,7 +100,9 @@ class Listener:
         "spec",
     )
 
-    def __init__(self, ctx: Context, spec: ListenerSpec, runtime: Runtime, factory: ConnectionFactory) -> None:
+    def __init__(
+        self, ctx: Context, spec: ListenerSpec, runtime: Runtime, factory: ConnectionFactory
+    ) -> None:
         self.ctx = ctx
         self.name = spec.name
         self.spec = spec
@@ -165,8 +169,9 @@ class Listener:
                 log.error("listener %s: accept failed: %s", self.name, exc)
                 return
             if self._errors_in_burst:
-                log.warning("listener %s: accepting again after %d failed accepts",
-                            self.name, self._errors_in_burst)
+                log.warning(
+                    "listener %s: accepting again after %d failed accepts", self.name, self._errors_in_burst
+                )
                 self._errors_in_burst = 0
                 self._backoff = _BACKOFF_FIRST
             self.active += 1
@@ -183,9 +188,13 @@ class Listener:
         ctx = self.ctx
         ctx.stats.accept_error(self.name)
         if self._errors_in_burst == 1:
-            log.error("listener %s: cannot accept: %s (%s); pausing accepts, retrying with back-off "
-                      "(raise the open-files limit `ulimit -n` or lower max_connections)",
-                      self.name, exc.strerror, errno.errorcode.get(exc.errno or 0, "?"))
+            log.error(
+                "listener %s: cannot accept: %s (%s); pausing accepts, retrying with back-off "
+                "(raise the open-files limit `ulimit -n` or lower max_connections)",
+                self.name,
+                exc.strerror,
+                errno.errorcode.get(exc.errno or 0, "?"),
+            )
         self.pause()
         self._resume_handle = ctx.loop.call_later(self._backoff, self._after_backoff)
         self._backoff = min(self._backoff * 2, _BACKOFF_MAX)

@@ -69,8 +69,11 @@ class PipePool:
             fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, self.size)
         except OSError as exc:  # EPERM above pipe-max-size for unprivileged users: keep the default
             if self.created == 0:
-                log.warning("cannot enlarge pipes to %d bytes (%s); splicing with the default size",
-                            self.size, exc.strerror)
+                log.warning(
+                    "cannot enlarge pipes to %d bytes (%s); splicing with the default size",
+                    self.size,
+                    exc.strerror,
+                )
         self.created += 1
         return Pipe(r, w)
 
