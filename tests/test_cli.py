@@ -27,8 +27,9 @@ send_proxy_protocol = "v2"
 
 
 def _portway(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "portway", *args], capture_output=True, text=True,
-                          cwd=cwd, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "portway", *args], capture_output=True, text=True, cwd=cwd, timeout=60
+    )
 
 
 def test_check_good_config_prints_the_plan(tmp_path: Path) -> None:
@@ -47,19 +48,31 @@ def test_check_good_config_prints_the_plan(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ('[defaults]\nconect_timeout = "5s"\n',
-         'portway.toml: defaults: unknown key "conect_timeout" (did you mean "connect_timeout"?)'),
+        (
+            '[defaults]\nconect_timeout = "5s"\n',
+            'portway.toml: defaults: unknown key "conect_timeout" (did you mean "connect_timeout"?)',
+        ),
         ('[defaults]\nidle_timeout = "5 s"\n', "portway.toml: defaults.idle_timeout: expected a duration"),
-        ('[[listener]]\nname = "x"\nmode = "tcp"\nbind = "::1:80"\nbackend = "pg"\n',
-         'portway.toml: listener.x.bind: expected host:port, got "::1:80"'),
-        ('[[listener]]\nname = "x"\nmode = "tcp"\nbind = "127.0.0.1:80"\nbackend = "pgg"\n',
-         'portway.toml: listener.x.backend: no backend named "pgg" (did you mean "pg"?)'),
-        ('[[listener]]\nname = "x"\nmode = "sni"\nbind = "127.0.0.1:80"\n',
-         'portway.toml: listener.x.mode: mode "sni" is not available in this version of Portway'),
-        ('[[backend]]\nname = "b"\nbalance = "fastest"\nservers = [{ address = "h:1" }]\n',
-         'portway.toml: backend.b.balance: expected one of "roundrobin", "leastconn", "random", "source"'),
-        ('[[backend]]\nname = "b"\nservers = [{ address = "web01" }]\n',
-         'portway.toml: backend.b.servers[0].address: expected host:port, got "web01"'),
+        (
+            '[[listener]]\nname = "x"\nmode = "tcp"\nbind = "::1:80"\nbackend = "pg"\n',
+            'portway.toml: listener.x.bind: expected host:port, got "::1:80"',
+        ),
+        (
+            '[[listener]]\nname = "x"\nmode = "tcp"\nbind = "127.0.0.1:80"\nbackend = "pgg"\n',
+            'portway.toml: listener.x.backend: no backend named "pgg" (did you mean "pg"?)',
+        ),
+        (
+            '[[listener]]\nname = "x"\nmode = "sni"\nbind = "127.0.0.1:80"\n',
+            'portway.toml: listener.x.mode: mode "sni" is not available in this version of Portway',
+        ),
+        (
+            '[[backend]]\nname = "b"\nbalance = "fastest"\nservers = [{ address = "h:1" }]\n',
+            'portway.toml: backend.b.balance: expected one of "roundrobin", "leastconn", "random", "source"',
+        ),
+        (
+            '[[backend]]\nname = "b"\nservers = [{ address = "web01" }]\n',
+            'portway.toml: backend.b.servers[0].address: expected host:port, got "web01"',
+        ),
         ("[admin\n", "portway.toml: invalid TOML at line 1, column 7"),
     ],
 )

@@ -1,9 +1,9 @@
 """Worker-wide services that every connection in one worker process shares.
 
-A :class:`Context` is made once per worker. It owns the pipe and buffer pools, the statistics,
-the access log and the table of live connections (for draining and for live byte counts). A
-connection reports to it twice: :meth:`Context.opened` when accepted and :meth:`Context.closed`
-when its :class:`~portway.session.Session` is complete.
+A :class:`Context` is made once per worker. It owns the socket poller, the pipe and buffer
+pools, the statistics, the access log and the table of live connections (for draining and for
+live byte counts). A connection reports to it twice: :meth:`Context.opened` when accepted
+and :meth:`Context.closed` when its :class:`~portway.session.Session` is complete.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import os
 from typing import TYPE_CHECKING, Protocol
 
 from portway.net.pipes import BufferPool, PipePool
+from portway.net.poller import Poller
 from portway.observe.accesslog import AccessLog
 from portway.observe.metrics import WorkerStats
 from portway.session import Session
@@ -47,6 +48,7 @@ class Context:
         "next_id",
         "pid",
         "pipes",
+        "poller",
         "stats",
         "worker_count",
         "worker_index",
@@ -62,6 +64,7 @@ class Context:
     ) -> None:
         self.loop = loop
         self.pid = os.getpid()
+        self.poller = Poller(loop)
         self.pipes = PipePool()
         self.buffers = BufferPool()
         self.stats = WorkerStats(self.pid)

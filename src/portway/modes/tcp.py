@@ -28,7 +28,7 @@ from portway.net.dial import Dial
 from portway.net.listener import Listener
 from portway.net.relay import Relay
 from portway.net.sniff import Sniff
-from portway.net.sockopt import peer_of, tune
+from portway.net.sockopt import peer_of, tune_dialed
 from portway.proto import proxyheader
 from portway.route.backend import Server
 from portway.runtime import Runtime
@@ -100,6 +100,7 @@ class TcpConnection:
             return
         self.stage = Sniff(
             self.ctx.loop,
+            self.ctx.poller,
             self.sock,
             proxyheader.parse,
             proxyheader.NEED_DATA,
@@ -149,6 +150,7 @@ class TcpConnection:
         self.t_dial = loop.time()
         dial = Dial(
             loop,
+            self.ctx.poller,
             runtime.pools[name],
             self.session.client[0],
             timeout=backend.connect_timeout,
@@ -189,7 +191,7 @@ class TcpConnection:
             ctx.stats.routed(session)
             ctx.stats.connected(backend, session.connect_s)
             spec = self.listener.spec
-            tune(ssock, spec.keepalive)
+            tune_dialed(ssock, spec.keepalive)
             to_server = self.prefix
             mode = self.runtime.backends[backend].send_proxy_protocol
             if mode != "off":
@@ -198,6 +200,7 @@ class TcpConnection:
                 to_server = build(session.client, dest) + to_server
             relay = Relay(
                 loop,
+                ctx.poller,
                 self.sock,
                 ssock,
                 session,
@@ -211,7 +214,7 @@ class TcpConnection:
             self.stage = relay
             relay.start()
         except Exception as exc:
-            ssock.close()
+            self.ctx.poller.close(ssock)
             self._crash(exc)
 
     def _on_relay_done(self, reason: Reason, detail: str) -> None:
@@ -225,7 +228,7 @@ class TcpConnection:
             return
         if stage is not None:
             stage.cancel()
-        self.sock.close()
+        self.ctx.poller.close(self.sock)
         self._finish(reason, detail)
 
     def _finish(self, reason: Reason, detail: str) -> None:

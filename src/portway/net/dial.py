@@ -1,9 +1,9 @@
 """Connect to one server of a pool, with a timeout per attempt and retries across servers.
 
-A :class:`Dial` is callback-driven, like the relay: a non-blocking ``connect`` watched with
-``loop.add_writer`` and one timer. Each failed attempt is recorded on the server's health
-(passive ejection) and moves on to the next server the pool picks, never one already tried.
-The chosen server is ``acquire()``-d when picked (so ``leastconn`` sees connections that are
+A :class:`Dial` is callback-driven, like the relay: a non-blocking ``connect`` watched by the
+worker's :class:`~portway.net.poller.Poller` and one timer. Each failed attempt is recorded on
+the server's health (passive ejection) and moves on to the next server the pool picks, never
+one already tried. The chosen server is ``acquire()``-d when picked (so ``leastconn`` sees connections that are
 still connecting) and ``release()``-d again if the attempt fails; on success the caller owns
 that reference and releases it when the connection ends.
 """
@@ -16,6 +16,7 @@ import os
 import socket
 from collections.abc import Callable
 
+from portway.net.poller import Poller
 from portway.route.backend import Pool, Server
 from portway.termination import Reason
 
@@ -38,6 +39,7 @@ class Dial:
         "on_attempt_failed",
         "on_connected",
         "on_failed",
+        "poller",
         "pool",
         "server",
         "sock",
@@ -49,6 +51,7 @@ class Dial:
     def __init__(
         self,
         loop: asyncio.AbstractEventLoop,
+        poller: Poller,
         pool: Pool,
         client_ip: str,
         *,
@@ -59,6 +62,7 @@ class Dial:
         on_attempt_failed: AttemptCallback,
     ) -> None:
         self.loop = loop
+        self.poller = poller
         self.pool = pool
         self.client_ip = client_ip
         self.timeout = timeout
@@ -101,22 +105,21 @@ class Dial:
             return False
         family = socket.AF_INET6 if len(sockaddr) == 4 else socket.AF_INET  # type: ignore[arg-type]
         try:
-            sock = socket.socket(family, socket.SOCK_STREAM)
+            sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
         except OSError as exc:  # EMFILE/ENFILE: out of descriptors; not the server's fault
             self.last_reason = Reason.CONNECT_REFUSED
             self.last_detail = f"cannot create a socket: {exc.strerror}"
             self.attempts_left = 0
             return False
-        sock.setblocking(False)
         server.acquire()
         err = sock.connect_ex(sockaddr)  # type: ignore[arg-type]
         if err in (0, errno.EINPROGRESS):
             self.sock = sock
             self.server = server
-            self.loop.add_writer(sock.fileno(), self._on_writable)
+            self.poller.add_writer(sock.fileno(), self._on_writable)
             self.timer = self.loop.call_later(self.timeout, self._on_timeout)
             return True
-        sock.close()
+        sock.close()  # never registered with the poller
         server.release()
         self._record_failure(server, _reason_for(err), f"{server.address}: {os.strerror(err)}")
         return False
@@ -155,7 +158,7 @@ class Dial:
 
     def _unwatch(self) -> None:
         if self.sock is not None:
-            self.loop.remove_writer(self.sock.fileno())
+            self.poller.remove_writer(self.sock.fileno())
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
@@ -163,7 +166,7 @@ class Dial:
     def _drop(self) -> None:
         """Close the socket of the attempt in progress and release its server."""
         if self.sock is not None:
-            self.sock.close()
+            self.poller.close(self.sock)
             self.sock = None
         if self.server is not None:
             self.server.release()

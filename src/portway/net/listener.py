@@ -27,7 +27,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from portway.config.model import BindSpec, ListenerSpec
-from portway.net.sockopt import peer_of, tune
+from portway.net.sockopt import peer_of, tune_listener
 
 if TYPE_CHECKING:
     from portway.context import Context
@@ -125,8 +125,14 @@ class Listener:
         self.limit = share_of(spec.max_connections, self.ctx.worker_index, self.ctx.worker_count)
 
     def adopt(self, sockets: dict[BindSpec, socket.socket]) -> None:
-        """Take ownership of bound sockets (new ones, or ones kept across a reload)."""
+        """Take ownership of bound sockets (new ones, or ones kept across a reload).
+
+        The per-connection socket options are set here, on the listening sockets, and
+        accepted sockets inherit them.
+        """
         self.pause()
+        for sock in sockets.values():
+            tune_listener(sock, self.spec.keepalive)
         self.sockets = sockets
         self.resume()
 
@@ -151,7 +157,6 @@ class Listener:
 
     def _on_acceptable(self, lsock: socket.socket, frontend: tuple[str, int]) -> None:
         ctx = self.ctx
-        keepalive = self.spec.keepalive
         for _ in range(_ACCEPT_BATCH):
             if self.active >= self.limit:
                 self.pause()
@@ -176,7 +181,7 @@ class Listener:
                 self._backoff = _BACKOFF_FIRST
             self.active += 1
             try:
-                tune(sock, keepalive)
+                sock.setblocking(False)
                 self.factory(ctx, self, sock, peer_of(addr), frontend)
             except Exception:
                 log.exception("listener %s: could not start a connection", self.name)

@@ -1,7 +1,8 @@
 """Move bytes both ways between a client and a server socket until both directions are done.
 
-The relay is callback-driven (``loop.add_reader`` / ``add_writer`` on raw non-blocking
-sockets): no Task, no Future, no per-read allocation. Each direction is a :class:`_Half`:
+The relay is callback-driven (readiness callbacks from the worker's
+:class:`~portway.net.poller.Poller` on raw non-blocking sockets): no Task, no Future, no
+per-read allocation. Each direction is a :class:`_Half`:
 
 - :class:`_SpliceHalf` moves bytes socket → pipe → socket with ``os.splice``; they never
   enter Python. The pipe is borrowed from a :class:`~portway.net.pipes.PipePool` only while
@@ -34,6 +35,7 @@ import socket
 from collections.abc import Callable
 
 from portway.net.pipes import BufferPool, Pipe, PipePool
+from portway.net.poller import Poller
 from portway.session import Session
 from portway.termination import Reason
 
@@ -42,6 +44,9 @@ log = logging.getLogger("portway.relay")
 _SPLICE_FLAGS = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
 #: Successive read→write rounds handled in one readiness callback before yielding to the loop.
 _ROUNDS = 4
+#: A read shorter than this most likely emptied the socket: do not try again at once (that
+#: would cost one more system call answering EAGAIN); the poller calls back if more came.
+_SHORT_READ = 1 << 15
 
 DoneCallback = Callable[[Reason, str], None]
 
@@ -56,6 +61,7 @@ class _Half:
         "eof",
         "last",
         "loop",
+        "poller",
         "prefix",
         "reading",
         "relay",
@@ -75,6 +81,7 @@ class _Half:
     ) -> None:
         self.relay = relay
         self.loop = relay.loop
+        self.poller = relay.poller
         self.src = src
         self.dst = dst
         self.sfd = src.fileno()
@@ -90,22 +97,22 @@ class _Half:
     # -- registration helpers (idempotent) -------------------------------------------------
     def _want_read(self) -> None:
         if not self.reading:
-            self.loop.add_reader(self.sfd, self._on_readable)
+            self.poller.add_reader(self.sfd, self._on_readable)
             self.reading = True
 
     def _stop_read(self) -> None:
         if self.reading:
-            self.loop.remove_reader(self.sfd)
+            self.poller.remove_reader(self.sfd)
             self.reading = False
 
     def _want_write(self) -> None:
         if not self.writing:
-            self.loop.add_writer(self.dfd, self._on_writable)
+            self.poller.add_writer(self.dfd, self._on_writable)
             self.writing = True
 
     def _stop_write(self) -> None:
         if self.writing:
-            self.loop.remove_writer(self.dfd)
+            self.poller.remove_writer(self.dfd)
             self.writing = False
 
     # -- life cycle ----------------------------------------------------------------------
@@ -162,20 +169,24 @@ class _Half:
             self.relay.session.bytes_out += n
 
     def _at_eof(self) -> None:
-        """The source said EOF and everything read has been written: pass the half-close on."""
+        """The source said EOF and everything read has been written: pass the half-close on.
+
+        When the other direction is already done the relay ends now, and closing both sockets
+        says EOF to the destination: no ``shutdown`` and no poller change is needed first.
+        """
         self.done = True
-        self._stop_read()
-        self._stop_write()
-        try:
-            self.dst.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
+        other = self.relay.s2c if self.to_server else self.relay.c2s
+        if not other.done:
+            self._stop_read()
+            self._stop_write()
+            try:
+                self.dst.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
         self.relay.half_done(self)
 
-    def stop(self) -> None:
-        """Unregister from the loop and return pooled resources; the relay is ending."""
-        self._stop_read()
-        self._stop_write()
+    def release(self) -> None:
+        """Give back pooled resources; the relay is ending and will forget both sockets."""
 
 
 class _SpliceHalf(_Half):
@@ -216,8 +227,8 @@ class _SpliceHalf(_Half):
             pipe.pending += n
             self._count(n)
             self._drain()
-            if self.pipe is not None or not self.reading:
-                return  # backpressure, or the relay ended
+            if self.pipe is not None or not self.reading or n < _SHORT_READ:
+                return  # backpressure, the relay ended, or the socket is likely empty
         pipe = self.pipe
         if pipe is not None and pipe.pending == 0:
             self.pipe = None
@@ -249,9 +260,8 @@ class _SpliceHalf(_Half):
         else:
             self._want_read()
 
-    def stop(self) -> None:
-        """Unregister and give back (or close, if not empty) the borrowed pipe."""
-        super().stop()
+    def release(self) -> None:
+        """Give back (or close, if not empty) the borrowed pipe."""
         if self.pipe is not None:
             self.pipes.put(self.pipe)
             self.pipe = None
@@ -297,7 +307,7 @@ class _CopyHalf(_Half):
             self.end = n
             self._count(n)
             self._drain()
-            if self.buf is not None or not self.reading:
+            if self.buf is not None or not self.reading or n < _SHORT_READ:
                 return
         buf = self.buf
         if buf is not None and self.start_ >= self.end:
@@ -328,9 +338,8 @@ class _CopyHalf(_Half):
         else:
             self._want_read()
 
-    def stop(self) -> None:
-        """Unregister and give back the borrowed buffer."""
-        super().stop()
+    def release(self) -> None:
+        """Give back the borrowed buffer."""
         if self.buf is not None:
             self.buffers.put(self.buf)
             self.buf = None
@@ -351,6 +360,7 @@ class Relay:
         "idle_timeout",
         "loop",
         "on_done",
+        "poller",
         "s2c",
         "server",
         "session",
@@ -360,6 +370,7 @@ class Relay:
     def __init__(
         self,
         loop: asyncio.AbstractEventLoop,
+        poller: Poller,
         client: socket.socket,
         server: socket.socket,
         session: Session,
@@ -373,6 +384,7 @@ class Relay:
         to_client: bytes = b"",
     ) -> None:
         self.loop = loop
+        self.poller = poller
         self.client = client
         self.server = server
         self.session = session
@@ -438,8 +450,9 @@ class Relay:
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
-        self.c2s.stop()
-        self.s2c.stop()
-        self.client.close()
-        self.server.close()
+        self.c2s.release()
+        self.s2c.release()
+        self.c2s.reading = self.c2s.writing = self.s2c.reading = self.s2c.writing = False
+        self.poller.close(self.client)
+        self.poller.close(self.server)
         self.on_done(reason, detail)

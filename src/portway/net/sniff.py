@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from portway.errors import ProtocolError
+from portway.net.poller import Poller
 from portway.termination import Reason
 
 ResultCallback = Callable[[Any, bytearray], None]
@@ -34,6 +35,7 @@ class Sniff:
         "on_error",
         "on_result",
         "parse",
+        "poller",
         "sock",
         "timer",
         "what",
@@ -42,6 +44,7 @@ class Sniff:
     def __init__(
         self,
         loop: asyncio.AbstractEventLoop,
+        poller: Poller,
         sock: socket.socket,
         parse: Callable[[bytearray], Any],
         need: object,
@@ -53,6 +56,7 @@ class Sniff:
         on_error: ErrorCallback,
     ) -> None:
         self.loop = loop
+        self.poller = poller
         self.sock = sock
         self.parse = parse
         self.need = need
@@ -63,7 +67,7 @@ class Sniff:
         self.buf = bytearray()
         self.done = False
         self.timer: asyncio.TimerHandle | None = loop.call_later(timeout, self._on_timeout)
-        loop.add_reader(sock.fileno(), self._on_readable)
+        poller.add_reader(sock.fileno(), self._on_readable)
 
     def _on_readable(self) -> None:
         try:
@@ -102,7 +106,7 @@ class Sniff:
         if self.done:
             return
         self.done = True
-        self.loop.remove_reader(self.sock.fileno())
+        self.poller.remove_reader(self.sock.fileno())
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None

@@ -1,6 +1,12 @@
 """Socket options Portway sets on every proxied connection.
 
-Kept in one place so that the accept path and the dial path configure both ends the same way.
+``TCP_NODELAY`` keeps the proxy from adding latency to small writes: the client chose its
+segment boundaries and the relay passes them on as they come. TCP keepalive finds dead peers
+on connections that are idle for long.
+
+Linux copies these options from a listening socket to every socket it accepts, so they are
+set once on the listener (:func:`tune_listener`) and not again per client; a dialled socket
+gets them in :func:`tune_dialed`.
 """
 
 from __future__ import annotations
@@ -10,19 +16,25 @@ import socket
 from portway.config.model import Keepalive
 
 
-def tune(sock: socket.socket, keepalive: Keepalive | None) -> None:
-    """Make ``sock`` non-blocking, disable Nagle, and apply TCP keepalive when configured.
-
-    ``TCP_NODELAY`` keeps the proxy from adding latency to small writes: the client chose
-    its segment boundaries and the relay passes them on as they come.
-    """
-    sock.setblocking(False)
+def _apply(sock: socket.socket, keepalive: Keepalive | None) -> None:
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    if keepalive is not None:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, max(1, int(keepalive.idle)))
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, max(1, int(keepalive.interval)))
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, max(1, keepalive.count))
+    if keepalive is None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 0)
+        return
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, max(1, int(keepalive.idle)))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, max(1, int(keepalive.interval)))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, max(1, keepalive.count))
+
+
+def tune_listener(sock: socket.socket, keepalive: Keepalive | None) -> None:
+    """Set the options every accepted socket inherits (no-delay, keepalive)."""
+    _apply(sock, keepalive)
+
+
+def tune_dialed(sock: socket.socket, keepalive: Keepalive | None) -> None:
+    """Set no-delay and keepalive on a connected socket towards a server."""
+    _apply(sock, keepalive)
 
 
 def peer_of(addr: tuple[str, int] | tuple[str, int, int, int]) -> tuple[str, int]:
