@@ -17,6 +17,7 @@ reason ``shutdown``, flushes the access log and exits 0.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import resource
@@ -199,6 +200,7 @@ class Worker:
         data["index"] = self.index
         data["live"] = len(ctx.live)
         data["pipes_created"] = ctx.pipes.created
+        data["gc_collected"] = sum(g["collected"] for g in gc.get_stats())
         return data
 
     def _schedule_flush(self) -> None:

@@ -156,11 +156,18 @@ class TcpConnection:
             timeout=backend.connect_timeout,
             retries=backend.retries,
             on_connected=self._on_connected,
-            on_failed=self._end,
+            on_failed=self._on_dial_failed,
             on_attempt_failed=self._on_attempt_failed,
         )
         self.stage = dial
         dial.start()
+
+    def _on_dial_failed(self, reason: Reason, detail: str) -> None:
+        dial = self.stage
+        exhausted = dial.exhausted if isinstance(dial, Dial) else None
+        self._end(reason, detail)
+        if exhausted is not None:  # after _end: its own release must not resume accepting
+            self.listener.out_of_resources(exhausted, "open a socket to a server")
 
     def _on_attempt_failed(self, server: Server, detail: str, change: str | None) -> None:
         session = self.session
@@ -235,6 +242,7 @@ class TcpConnection:
         if self.ended:
             return
         self.ended = True
+        self.stage = None  # breaks the connection <-> stage reference cycle
         self.session.finish(reason, self.ctx.loop.time(), detail)
         if self.server is not None:
             self.server.release()

@@ -3,9 +3,9 @@
 A :class:`Dial` is callback-driven, like the relay: a non-blocking ``connect`` watched by the
 worker's :class:`~portway.net.poller.Poller` and one timer. Each failed attempt is recorded on
 the server's health (passive ejection) and moves on to the next server the pool picks, never
-one already tried. The chosen server is ``acquire()``-d when picked (so ``leastconn`` sees connections that are
-still connecting) and ``release()``-d again if the attempt fails; on success the caller owns
-that reference and releases it when the connection ends.
+one already tried. The chosen server is ``acquire()``-d when picked (so ``leastconn`` sees
+connections that are still connecting) and ``release()``-d again if the attempt fails; on
+success the caller owns that reference and releases it when the connection ends.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
+import select
 import socket
 from collections.abc import Callable
 
@@ -22,6 +23,8 @@ from portway.termination import Reason
 
 ConnectedCallback = Callable[[socket.socket, Server], None]
 FailedCallback = Callable[[Reason, str], None]
+_ERR = select.EPOLLERR | select.EPOLLHUP
+
 #: Called after each failed attempt with the server and the health transition it caused, if any.
 AttemptCallback = Callable[[Server, str, "str | None"], None]
 
@@ -33,6 +36,7 @@ class Dial:
         "attempts_left",
         "client_ip",
         "done",
+        "exhausted",
         "last_detail",
         "last_reason",
         "loop",
@@ -77,6 +81,8 @@ class Dial:
         self.last_reason = Reason.NO_SERVER
         self.last_detail = ""
         self.done = False
+        #: The error when this worker itself ran out of descriptors (not the server's fault).
+        self.exhausted: OSError | None = None
 
     def start(self) -> None:
         """Begin with the first server the pool picks."""
@@ -92,10 +98,12 @@ class Dial:
             if self._attempt(server):
                 return
         self.done = True
+        on_failed = self.on_failed
+        self._unlink()
         if not self.tried:
-            self.on_failed(Reason.NO_SERVER, f"no server of backend {self.pool.name} is up")
+            on_failed(Reason.NO_SERVER, f"no server of backend {self.pool.name} is up")
         else:
-            self.on_failed(self.last_reason, self.last_detail)
+            on_failed(self.last_reason, self.last_detail)
 
     def _attempt(self, server: Server) -> bool:
         """Start connecting to ``server``; False if it failed at once."""
@@ -110,6 +118,7 @@ class Dial:
             self.last_reason = Reason.CONNECT_REFUSED
             self.last_detail = f"cannot create a socket: {exc.strerror}"
             self.attempts_left = 0
+            self.exhausted = exc
             return False
         server.acquire()
         err = sock.connect_ex(sockaddr)  # type: ignore[arg-type]
@@ -127,14 +136,21 @@ class Dial:
     def _on_writable(self) -> None:
         sock, server = self.sock, self.server
         assert sock is not None and server is not None
-        self._unwatch()
-        err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        # A failed connect always raises EPOLLERR; only then is SO_ERROR worth a system call.
+        err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) if self.poller.events & _ERR else 0
         if err == 0:
             self.done = True
             self.sock = None
+            if self.timer is not None:
+                self.timer.cancel()
+                self.timer = None
+            self.poller.hand_over_writer(sock.fileno())  # the relay registers its reader next
             server.health.record_connect(True, self.loop.time())
-            self.on_connected(sock, server)
+            on_connected = self.on_connected
+            self._unlink()
+            on_connected(sock, server)
             return
+        self._unwatch()
         self._drop()
         self._record_failure(server, _reason_for(err), f"{server.address}: {os.strerror(err)}")
         self._next()
@@ -179,6 +195,17 @@ class Dial:
         self.done = True
         self._unwatch()
         self._drop()
+        self._unlink()
+
+    def _unlink(self) -> None:
+        """Drop the callbacks into the owner once finished, so no reference cycle remains."""
+        self.on_connected = _ignore
+        self.on_failed = _ignore
+        self.on_attempt_failed = _ignore
+
+
+def _ignore(*args: object) -> None:
+    """Placeholder callback of a finished dial."""
 
 
 def _reason_for(err: int) -> Reason:

@@ -87,6 +87,7 @@ class Listener:
     __slots__ = (
         "_backoff",
         "_errors_in_burst",
+        "_held",
         "_resume_handle",
         "accepting",
         "active",
@@ -115,6 +116,7 @@ class Listener:
         self.closed = False
         self._backoff = _BACKOFF_FIRST
         self._errors_in_burst = 0
+        self._held = False
         self._resume_handle: asyncio.TimerHandle | None = None
 
     def update(self, spec: ListenerSpec, runtime: Runtime, factory: ConnectionFactory) -> None:
@@ -139,7 +141,9 @@ class Listener:
     # -- accepting --------------------------------------------------------------------------
     def resume(self) -> None:
         """Start (or restart) accepting, unless at the limit or closed."""
-        if self.accepting or self.closed or self.active >= self.limit or self._resume_handle:
+        if self.accepting or self.closed or self.active >= self.limit:
+            return
+        if self._resume_handle is not None or self._held:
             return
         loop = self.ctx.loop
         for bind, sock in self.sockets.items():
@@ -167,7 +171,7 @@ class Listener:
                 break
             except OSError as exc:
                 if exc.errno in _RESOURCE_ERRORS:
-                    self._out_of_resources(exc)
+                    self.out_of_resources(exc)
                     return
                 if exc.errno in (errno.ECONNABORTED, errno.EPROTO, errno.EPERM):
                     continue
@@ -187,20 +191,33 @@ class Listener:
                 log.exception("listener %s: could not start a connection", self.name)
                 sock.close()
                 self.active -= 1
+            if not self.accepting:  # the connection paused us (out of descriptors)
+                return
 
-    def _out_of_resources(self, exc: OSError) -> None:
+    def out_of_resources(self, exc: OSError, doing: str = "accept") -> None:
+        """Out of descriptors or memory (on accept, or on a socket for a server): back off.
+
+        New clients wait in the backlog until the back-off ends or, when it was a socket for
+        a server that could not be made, until a connection of this listener ends and frees
+        descriptors. One log line per burst.
+        """
+        if doing != "accept":
+            self._held = True
         self._errors_in_burst += 1
         ctx = self.ctx
         ctx.stats.accept_error(self.name)
         if self._errors_in_burst == 1:
             log.error(
-                "listener %s: cannot accept: %s (%s); pausing accepts, retrying with back-off "
+                "listener %s: cannot %s: %s (%s); pausing accepts, retrying with back-off "
                 "(raise the open-files limit `ulimit -n` or lower max_connections)",
                 self.name,
+                doing,
                 exc.strerror,
                 errno.errorcode.get(exc.errno or 0, "?"),
             )
         self.pause()
+        if self._resume_handle is not None or self._held:
+            return
         self._resume_handle = ctx.loop.call_later(self._backoff, self._after_backoff)
         self._backoff = min(self._backoff * 2, _BACKOFF_MAX)
 
@@ -211,7 +228,8 @@ class Listener:
     def release(self) -> None:
         """A connection of this listener ended: free its slot and resume if we had paused."""
         self.active -= 1
-        if not self.accepting and self.active < self.limit:
+        self._held = False
+        if not self.accepting and self.active < self.limit and self._resume_handle is None:
             self.resume()
 
     def close(self) -> None:

@@ -39,7 +39,7 @@ Callback = Callable[[], None]
 class Poller:
     """Readiness callbacks for many sockets through one ``epoll`` descriptor."""
 
-    __slots__ = ("_dead", "_ep", "_loop", "_masks", "_readers", "_writers")
+    __slots__ = ("_dead", "_ep", "_loop", "_masks", "_readers", "_writers", "events")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -48,9 +48,13 @@ class Poller:
         self._writers: dict[int, Callback] = {}
         self._masks: dict[int, int] = {}
         self._dead: set[int] = set()
+        #: The epoll event mask of the callback being run (``EPOLLERR`` tells a failed connect).
+        self.events = 0
         loop.add_reader(self._ep.fileno(), self._dispatch)
 
-    def _set_mask(self, fd: int, mask: int) -> None:
+    def _sync(self, fd: int) -> None:
+        """Bring the kernel's interest set for ``fd`` in line with its callbacks."""
+        mask = (_IN if fd in self._readers else 0) | (_OUT if fd in self._writers else 0)
         old = self._masks.get(fd, 0)
         if mask == old:
             return
@@ -67,22 +71,31 @@ class Poller:
     def add_reader(self, fd: int, callback: Callback) -> None:
         """Call ``callback()`` whenever ``fd`` is readable (replaces any previous reader)."""
         self._readers[fd] = callback
-        self._set_mask(fd, self._masks.get(fd, 0) | _IN)
+        self._sync(fd)
 
     def remove_reader(self, fd: int) -> None:
         """Stop watching ``fd`` for reading."""
         if self._readers.pop(fd, None) is not None:
-            self._set_mask(fd, self._masks.get(fd, 0) & ~_IN)
+            self._sync(fd)
 
     def add_writer(self, fd: int, callback: Callback) -> None:
         """Call ``callback()`` whenever ``fd`` is writable (replaces any previous writer)."""
         self._writers[fd] = callback
-        self._set_mask(fd, self._masks.get(fd, 0) | _OUT)
+        self._sync(fd)
 
     def remove_writer(self, fd: int) -> None:
         """Stop watching ``fd`` for writing."""
         if self._writers.pop(fd, None) is not None:
-            self._set_mask(fd, self._masks.get(fd, 0) & ~_OUT)
+            self._sync(fd)
+
+    def hand_over_writer(self, fd: int) -> None:
+        """Drop ``fd``'s writer without a system call, for a caller that registers a reader next.
+
+        A connected socket passes from the dialler (waiting for writability) to the relay
+        (waiting for data): one ``epoll_ctl(MOD)`` then replaces a ``DEL`` and an ``ADD``.
+        The caller must register a callback for ``fd`` or close it before returning to the loop.
+        """
+        self._writers.pop(fd, None)
 
     def forget(self, fd: int) -> None:
         """Drop every callback for ``fd`` without a system call; close the fd right after."""
@@ -111,6 +124,7 @@ class Poller:
         for fd, ev in self._ep.poll(0, _BATCH):
             if dead and fd in dead:
                 continue
+            self.events = ev
             if ev & _OUT:
                 cb = writers.get(fd)
                 if cb is not None:

@@ -51,6 +51,10 @@ _SHORT_READ = 1 << 15
 DoneCallback = Callable[[Reason, str], None]
 
 
+def _ended(reason: Reason, detail: str) -> None:
+    """Placeholder ``on_done`` once the relay has reported."""
+
+
 class _Half:
     """One direction of a relay: read from ``src``, write to ``dst``."""
 
@@ -455,4 +459,9 @@ class Relay:
         self.c2s.reading = self.c2s.writing = self.s2c.reading = self.s2c.writing = False
         self.poller.close(self.client)
         self.poller.close(self.server)
-        self.on_done(reason, detail)
+        on_done = self.on_done
+        # Break the relay <-> half and owner <-> relay cycles so that reference counting
+        # frees this connection's objects at once, without waiting for the cyclic GC.
+        self.on_done = _ended
+        self.c2s.relay = self.s2c.relay = None  # type: ignore[assignment]
+        on_done(reason, detail)

@@ -537,6 +537,10 @@ def _merge_hist(into: dict[str, Any] | None, h: dict[str, Any], where: str) -> d
     return into
 
 
+#: Per-worker facts a worker may add to its snapshot, passed through to the merged summary.
+WORKER_EXTRAS = ("index", "generation", "live", "pipes_created", "gc_collected")
+
+
 def merge(snapshots: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Merge worker snapshots into one document (schema in the module docstring).
 
@@ -559,6 +563,9 @@ def merge(snapshots: Sequence[dict[str, Any]]) -> dict[str, Any]:
             "bytes_in": 0,
             "bytes_out": 0,
         }
+        for key in WORKER_EXTRAS:
+            if key in snap:
+                summary[key] = snap[key]
         for name, ls in snap.get("listeners", {}).items():
             for key in ("active", "connections_total", "bytes_in", "bytes_out"):
                 summary[key] += ls[key]
