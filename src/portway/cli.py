@@ -116,15 +116,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(config: Config, args: argparse.Namespace) -> int:
-    import dataclasses
-
     from portway import supervisor
 
-    if args.workers is not None:
-        if args.workers < 1:
-            print("error: --workers must be at least 1", file=sys.stderr)
-            return 2
-        config = dataclasses.replace(config, workers=args.workers, workers_auto=False)
+    if args.workers is not None and args.workers < 1:
+        print("error: --workers must be at least 1", file=sys.stderr)
+        return 2
     logs.setup(config.log.level, config.log.format, "supervisor")
     import logging
 
@@ -141,4 +137,4 @@ def _run(config: Config, args: argparse.Namespace) -> int:
         log.info(
             "listener %s (%s) on %s -> backend %s", listener.name, listener.mode, binds, listener.backend
         )
-    return supervisor.main(config, args.config, pid_file=args.pid_file)
+    return supervisor.main(config, args.config, pid_file=args.pid_file, workers=args.workers)

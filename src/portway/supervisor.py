@@ -27,7 +27,7 @@ import sys
 import time
 from typing import Any
 
-from portway import __version__, control
+from portway import __version__, control, logs
 from portway.config.load import load_file
 from portway.config.model import Config
 from portway.errors import ConfigError
@@ -96,10 +96,14 @@ class WorkerHandle:
 class Supervisor:
     """Runs one Portway instance; :meth:`run` returns the process exit code."""
 
-    def __init__(self, config: Config, path: str | None, *, pid_file: str | None = None) -> None:
+    def __init__(
+        self, config: Config, path: str | None, *, pid_file: str | None = None, workers: int | None = None
+    ) -> None:
         self.config = config
         self.path = path
         self.pid_file = pid_file if pid_file is not None else config.pid_file
+        #: ``--workers`` from the command line wins over the file, also across reloads.
+        self.workers_override = workers
         self.workers: list[WorkerHandle] = []
         self.generation = 1
         self.started = time.time()
@@ -123,7 +127,7 @@ class Supervisor:
             self._write_pid_file()
             for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self._signals.put_nowait, sig)
-            self.workers = [WorkerHandle(i) for i in range(self.config.workers)]
+            self.workers = [WorkerHandle(i) for i in range(self.worker_count)]
             await asyncio.gather(*(self._spawn(w) for w in self.workers))
         except StartupError as exc:
             log.error("%s", exc)
@@ -172,6 +176,8 @@ class Supervisor:
         self.generation += 1
         old = self.config
         self.config = config
+        if config.log != old.log:
+            logs.setup(config.log.level, config.log.format, "supervisor")
         results = await asyncio.gather(*(self._send_config(w) for w in self.workers if w.alive))
         failures = [r for r in results if r]
         if failures:
@@ -182,7 +188,7 @@ class Supervisor:
             self.reloads += 1
         if old.admin.listen != config.admin.listen:
             await self._restart_admin()
-        await self._resize(config.workers)
+        await self._resize(self.worker_count)
         log.info(
             "reloaded %s: generation %d, %d listeners, %d backends",
             self.path,
@@ -218,6 +224,11 @@ class Supervisor:
         self._remove_pid_file()
 
     # -- workers ----------------------------------------------------------------------------
+    @property
+    def worker_count(self) -> int:
+        """How many workers should run: ``--workers``, else the config's ``workers``."""
+        return self.workers_override or self.config.workers
+
     async def _spawn(self, handle: WorkerHandle) -> None:
         """Start the worker process for ``handle`` and wait until it is ready."""
         loop = asyncio.get_running_loop()
@@ -261,6 +272,7 @@ class Supervisor:
             "op": "config",
             "id": mid,
             "config": self.config.raw,
+            "count": self.worker_count,
             "source": self.config.source,
             "generation": self.generation,
         }
@@ -484,8 +496,8 @@ def _fmt(addr: tuple[str, int] | None) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def main(config: Config, path: str | None, *, pid_file: str | None = None) -> int:
+def main(config: Config, path: str | None, *, pid_file: str | None = None, workers: int | None = None) -> int:
     """Run the supervisor on uvloop until it stops; the process exit code."""
     import uvloop
 
-    return int(uvloop.run(Supervisor(config, path, pid_file=pid_file).run()))
+    return int(uvloop.run(Supervisor(config, path, pid_file=pid_file, workers=workers).run()))

@@ -105,6 +105,8 @@ class Worker:
         if op == "config":
             try:
                 config = load_dict(msg["config"], msg["source"])
+                if self.ctx is not None and "count" in msg:  # the number of workers may have changed
+                    self.count = self.ctx.worker_count = int(msg["count"])
                 await self.apply(config, int(msg["generation"]))
             except Exception as exc:  # BindError, resolution problems, bugs: keep the old config
                 log.error("could not apply configuration generation %s: %s", msg.get("generation"), exc)
@@ -169,6 +171,13 @@ class Worker:
         if self.runtime is not None:
             self.runtime.stop_health_checks()
         runtime.start_health_checks(loop, self._on_server_state)
+        old_log = self.runtime.config.log if self.runtime is not None else config.log
+        if config.log != old_log:
+            logs.setup(config.log.level, config.log.format, f"worker {self.index}")
+            if (config.log.access, config.log.format) != (old_log.access, old_log.format):
+                ctx.access.flush()
+                ctx.access.close()
+                ctx.access = AccessLog(config.log.access, config.log.format)
         self.runtime = runtime
         self.generation = generation
         ctx.stats.declare(

@@ -45,6 +45,7 @@ def test_sighup_under_load_loses_nothing_and_applies_new_config(tmp_path: Path, 
     port = free_port()
     pw = Portway(tmp_path, tcp_config(port, [streamer.port], workers=2)).start()
     try:
+        baseline = {pid: fd_count(pid) for pid in pw.worker_pids()}
 
         async def load_and_reload() -> list[dict[str, object]]:
             tasks = [asyncio.ensure_future(exchange_client("127.0.0.1", port, size)) for _ in range(200)]
@@ -63,6 +64,10 @@ def test_sighup_under_load_loses_nothing_and_applies_new_config(tmp_path: Path, 
             assert r["recv_bytes"] == size and rec["recv_bytes"] == size
             assert rec["recv"] == r["sent"] and rec["sent"] == r["recv"]
         assert _greeting(port) == b"new"  # new connections use the new config
+        for pid, count in baseline.items():
+            wait_until(
+                lambda pid=pid, count=count: fd_count(pid) <= count, what=f"worker {pid} fds at baseline"
+            )
     finally:
         assert pw.stop() == 0
 
@@ -96,7 +101,11 @@ def test_sigterm_drains_then_exits_zero(tmp_path: Path, lt: LoopThread) -> None:
 
     backend = Backend(lt, slow)
     port = free_port()
-    pw = Portway(tmp_path, tcp_config(port, [backend.port])).start()
+    pw = Portway(tmp_path, tcp_config(port, [backend.port], top='pid_file = "run/portway.pid"'))
+    (tmp_path / "run").mkdir()
+    pw.start()
+    pid_file = tmp_path / "run" / "portway.pid"
+    assert pid_file.read_text().strip() == str(pw.pid)  # relative to the config file's directory
     with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
         s.sendall(b"go!")
         wait_until(lambda: backend.active == 1, what="backend connection")
@@ -111,6 +120,7 @@ def test_sigterm_drains_then_exits_zero(tmp_path: Path, lt: LoopThread) -> None:
             got += chunk
         assert got == payload
     assert pw.wait_exit() == 0
+    assert not pid_file.exists()
 
 
 def test_drain_timeout_ends_connections_with_shutdown(tmp_path: Path, lt: LoopThread) -> None:
@@ -237,3 +247,25 @@ def test_out_of_file_descriptors_backs_off_and_recovers(tmp_path: Path, lt: Loop
 def _cpu_ticks(pid: int) -> int:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return int(fields[11]) + int(fields[12])
+
+
+def test_reload_moves_the_access_log_to_a_file(tmp_path: Path, lt: LoopThread) -> None:
+    backend = _greeter(lt, b"hi")
+    port = free_port()
+    conf = tcp_config(port, [backend.port])
+    pw = Portway(tmp_path, conf).start()
+    try:
+        assert _greeting(port) == b"hi"
+        pw.wait_access(lambda a: a)  # the first connection is logged on stdout (JSON)
+        pw.path.write_text(conf.replace('access = "stdout"', 'access = "logs/access.log"'))
+        (tmp_path / "logs").mkdir()
+        n = len(pw.log)
+        pw.signal(signal.SIGHUP)
+        pw.wait_for(r"reloaded .*generation 2", start=n)
+        assert _greeting(port) == b"hi"
+        log_file = tmp_path / "logs" / "access.log"
+        line = wait_until(lambda: log_file.exists() and log_file.read_text(), what="access.log written")
+        assert '"listener": "front"' in line or '"listener":"front"' in line
+        assert len(pw.access) == 1  # nothing more on stdout
+    finally:
+        pw.stop()

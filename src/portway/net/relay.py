@@ -32,7 +32,9 @@ import asyncio
 import logging
 import os
 import socket
+import time
 from collections.abc import Callable
+from typing import Any, Generic, TypeVar
 
 from portway.net.pipes import BufferPool, Pipe, PipePool
 from portway.net.poller import Poller
@@ -40,6 +42,10 @@ from portway.session import Session
 from portway.termination import Reason
 
 log = logging.getLogger("portway.relay")
+
+#: Activity stamps use the monotonic clock directly: the loop's clock has only millisecond
+#: resolution, too coarse to tell which side spoke last.
+_now = time.monotonic
 
 _SPLICE_FLAGS = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
 #: Successive read→write rounds handled in one readiness callback before yielding to the loop.
@@ -55,8 +61,15 @@ def _ended(reason: Reason, detail: str) -> None:
     """Placeholder ``on_done`` once the relay has reported."""
 
 
-class _Half:
-    """One direction of a relay: read from ``src``, write to ``dst``."""
+_S = TypeVar("_S")
+
+
+class _Half(Generic[_S]):
+    """One direction of a relay: read from ``src`` into a pooled store, write it to ``dst``.
+
+    Subclasses say how to fill and flush the store (:meth:`_fill`, :meth:`_flush`); the
+    rules of the module docstring live here, once.
+    """
 
     __slots__ = (
         "dfd",
@@ -71,6 +84,7 @@ class _Half:
         "relay",
         "sfd",
         "src",
+        "store",
         "to_server",
         "writing",
     )
@@ -96,7 +110,9 @@ class _Half:
         self.writing = False
         self.eof = False
         self.done = False
-        self.last = relay.loop.time()
+        self.last = _now()
+        #: The pipe or buffer borrowed while bytes are in flight; None when idle.
+        self.store: _S | None = None
 
     # -- registration helpers (idempotent) -------------------------------------------------
     def _want_read(self) -> None:
@@ -160,13 +176,54 @@ class _Half:
             self.relay.crash(exc)
 
     def _read(self) -> None:
-        raise NotImplementedError
+        for _ in range(_ROUNDS):
+            try:
+                n = self._fill()
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                self.relay.fail(self.to_server, exc)
+                return
+            if n == 0:
+                self.eof = True
+                self._stop_read()
+                break
+            self._count(n)
+            self._drain()
+            if self.store is not None or not self.reading or n < _SHORT_READ:
+                return  # backpressure, the relay ended, or the socket is likely empty
+        self.release()  # empty here: an idle direction holds no pipe or buffer
+        if self.eof and not self.done:
+            self._at_eof()
 
     def _drain(self) -> None:
+        try:
+            while self._flush():
+                pass
+        except BlockingIOError:
+            self._stop_read()
+            self._want_write()
+            return
+        except OSError as exc:
+            self.relay.fail(not self.to_server, exc)
+            return
+        self.release()
+        self._stop_write()
+        if self.eof:
+            self._at_eof()
+        else:
+            self._want_read()
+
+    def _fill(self) -> int:
+        """Read once from the source into the store (borrowing one if needed); 0 at EOF."""
+        raise NotImplementedError
+
+    def _flush(self) -> int:
+        """Write once from the store to the destination; the bytes still held after it."""
         raise NotImplementedError
 
     def _count(self, n: int) -> None:
-        self.last = self.loop.time()
+        self.last = _now()
         if self.to_server:
             self.relay.session.bytes_in += n
         else:
@@ -190,13 +247,14 @@ class _Half:
         self.relay.half_done(self)
 
     def release(self) -> None:
-        """Give back pooled resources; the relay is ending and will forget both sockets."""
+        """Give back the store to its pool (or close it if it still holds bytes)."""
+        raise NotImplementedError
 
 
-class _SpliceHalf(_Half):
-    """Socket → pipe → socket with ``os.splice``."""
+class _SpliceHalf(_Half[Pipe]):
+    """Socket → pipe → socket with ``os.splice``; the store is a pooled pipe."""
 
-    __slots__ = ("pipe", "pipes")
+    __slots__ = ("pipes",)
 
     def __init__(
         self,
@@ -209,72 +267,35 @@ class _SpliceHalf(_Half):
     ) -> None:
         super().__init__(relay, src, dst, to_server, prefix)
         self.pipes = pipes
-        self.pipe: Pipe | None = None
 
-    def _read(self) -> None:
-        pipes = self.pipes
-        for _ in range(_ROUNDS):
-            pipe = self.pipe
-            if pipe is None:
-                pipe = self.pipe = pipes.get()
-            try:
-                n = os.splice(self.sfd, pipe.w, pipes.size, flags=_SPLICE_FLAGS)
-            except BlockingIOError:
-                break
-            except OSError as exc:
-                self.relay.fail(self.to_server, exc)
-                return
-            if n == 0:
-                self.eof = True
-                self._stop_read()
-                break
-            pipe.pending += n
-            self._count(n)
-            self._drain()
-            if self.pipe is not None or not self.reading or n < _SHORT_READ:
-                return  # backpressure, the relay ended, or the socket is likely empty
-        pipe = self.pipe
-        if pipe is not None and pipe.pending == 0:
-            self.pipe = None
-            pipes.put(pipe)
-        if self.eof and self.pipe is None and not self.done:
-            self._at_eof()
+    def _fill(self) -> int:
+        pipe = self.store
+        if pipe is None:
+            pipe = self.store = self.pipes.get()
+        n = os.splice(self.sfd, pipe.w, self.pipes.size, flags=_SPLICE_FLAGS)
+        pipe.pending += n
+        return n
 
-    def _drain(self) -> None:
-        pipe = self.pipe
+    def _flush(self) -> int:
+        pipe = self.store
         assert pipe is not None
-        while pipe.pending:
-            try:
-                m = os.splice(pipe.r, self.dfd, pipe.pending, flags=_SPLICE_FLAGS)
-            except BlockingIOError:
-                m = 0
-            except OSError as exc:
-                self.relay.fail(not self.to_server, exc)
-                return
-            if m == 0:
-                self._stop_read()
-                self._want_write()
-                return
-            pipe.pending -= m
-        self.pipe = None
-        self.pipes.put(pipe)
-        self._stop_write()
-        if self.eof:
-            self._at_eof()
-        else:
-            self._want_read()
+        m = os.splice(pipe.r, self.dfd, pipe.pending, flags=_SPLICE_FLAGS)
+        if m == 0:
+            raise BlockingIOError
+        pipe.pending -= m
+        return pipe.pending
 
     def release(self) -> None:
         """Give back (or close, if not empty) the borrowed pipe."""
-        if self.pipe is not None:
-            self.pipes.put(self.pipe)
-            self.pipe = None
+        if self.store is not None:
+            self.pipes.put(self.store)
+            self.store = None
 
 
-class _CopyHalf(_Half):
-    """``recv_into`` a pooled buffer, then ``send`` it."""
+class _CopyHalf(_Half[memoryview]):
+    """``recv_into`` a pooled buffer, then ``send`` it; the store is that buffer."""
 
-    __slots__ = ("buf", "buffers", "end", "start_")
+    __slots__ = ("buffers", "end", "start_")
 
     def __init__(
         self,
@@ -287,66 +308,29 @@ class _CopyHalf(_Half):
     ) -> None:
         super().__init__(relay, src, dst, to_server, prefix)
         self.buffers = buffers
-        self.buf: memoryview | None = None
         self.start_ = 0
         self.end = 0
 
-    def _read(self) -> None:
-        for _ in range(_ROUNDS):
-            buf = self.buf
-            if buf is None:
-                buf = self.buf = self.buffers.get()
-            try:
-                n = self.src.recv_into(buf)
-            except BlockingIOError:
-                break
-            except OSError as exc:
-                self.relay.fail(self.to_server, exc)
-                return
-            if n == 0:
-                self.eof = True
-                self._stop_read()
-                break
-            self.start_ = 0
-            self.end = n
-            self._count(n)
-            self._drain()
-            if self.buf is not None or not self.reading or n < _SHORT_READ:
-                return
-        buf = self.buf
-        if buf is not None and self.start_ >= self.end:
-            self.buf = None
-            self.buffers.put(buf)
-        if self.eof and self.buf is None and not self.done:
-            self._at_eof()
+    def _fill(self) -> int:
+        buf = self.store
+        if buf is None:
+            buf = self.store = self.buffers.get()
+        n = self.src.recv_into(buf)
+        self.start_ = 0
+        self.end = n
+        return n
 
-    def _drain(self) -> None:
-        buf = self.buf
+    def _flush(self) -> int:
+        buf = self.store
         assert buf is not None
-        while self.start_ < self.end:
-            try:
-                m = self.dst.send(buf[self.start_ : self.end])
-            except BlockingIOError:
-                self._stop_read()
-                self._want_write()
-                return
-            except OSError as exc:
-                self.relay.fail(not self.to_server, exc)
-                return
-            self.start_ += m
-        self.buf = None
-        self.buffers.put(buf)
-        self._stop_write()
-        if self.eof:
-            self._at_eof()
-        else:
-            self._want_read()
+        self.start_ += self.dst.send(buf[self.start_ : self.end])
+        return self.end - self.start_
 
     def release(self) -> None:
         """Give back the borrowed buffer."""
-        if self.buf is not None:
-            self.buffers.put(self.buf)
-            self.buf = None
+        if self.store is not None:
+            self.buffers.put(self.store)
+            self.store = None
 
 
 class Relay:
@@ -397,8 +381,8 @@ class Relay:
         self.ended = False
         self.first_eof_client: bool | None = None
         self.timer: asyncio.TimerHandle | None = None
-        self.c2s: _Half
-        self.s2c: _Half
+        self.c2s: _Half[Any]
+        self.s2c: _Half[Any]
         if splice:
             self.c2s = _SpliceHalf(self, client, server, True, to_server, pipes)
             self.s2c = _SpliceHalf(self, server, client, False, to_client, pipes)
@@ -409,7 +393,7 @@ class Relay:
     def start(self) -> None:
         """Begin relaying in both directions."""
         if self.idle_timeout > 0:
-            self.timer = self.loop.call_at(self.loop.time() + self.idle_timeout, self._check_idle)
+            self.timer = self.loop.call_later(self.idle_timeout, self._check_idle)
         self.c2s.start()
         if not self.ended:
             self.s2c.start()
@@ -417,9 +401,9 @@ class Relay:
     def _check_idle(self) -> None:
         c_last = self.c2s.last
         s_last = self.s2c.last
-        deadline = max(c_last, s_last) + self.idle_timeout
-        if self.loop.time() < deadline:
-            self.timer = self.loop.call_at(deadline, self._check_idle)
+        left = max(c_last, s_last) + self.idle_timeout - _now()
+        if left > 0:
+            self.timer = self.loop.call_later(left, self._check_idle)
             return
         self.timer = None
         # The side that has been silent longer is the one that timed out.
@@ -428,7 +412,7 @@ class Relay:
         else:
             self.end(Reason.SERVER_IDLE_TIMEOUT, f"no data for {self.idle_timeout:g}s")
 
-    def half_done(self, half: _Half) -> None:
+    def half_done(self, half: _Half[Any]) -> None:
         """Called by a half that reached EOF; ends the relay when both have."""
         if self.first_eof_client is None:
             self.first_eof_client = half.to_server
