@@ -210,3 +210,49 @@ def test_keepalive_is_set_on_both_sides(tmp_path: Path, lt: LoopThread) -> None:
             )
     finally:
         pw.stop()
+
+
+def test_auto_relay_copies_small_exchanges_and_splices_bulk(tmp_path: Path, lt: LoopThread) -> None:
+    size = 8 * MiB
+    backend = _exchange_backend(lt, size)
+    port, admin = free_port(), free_port()
+    pw = Portway(
+        tmp_path, tcp_config(port, [backend.port], admin_port=admin, listener='relay = "auto"')
+    ).start()
+    try:
+
+        def pipes_created() -> int:
+            return int(pw.stats(admin)["workers"][0]["pipes_created"])
+
+        small = asyncio.run(exchange_client("127.0.0.1", port, 100))  # the backend answers 8 MiB...
+        assert small["recv_bytes"] == size
+        assert pipes_created() >= 1  # ...which moved through pipes
+        wait_until(lambda: small["id"] in backend.records, what="backend record")
+        _check_exchanges_sizes(backend, small, sent=100, received=size)
+    finally:
+        pw.stop()
+
+
+def test_auto_relay_small_exchange_needs_no_pipe(tmp_path: Path, lt: LoopThread) -> None:
+    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(await reader.read())
+
+    backend = Backend(lt, echo)
+    port, admin = free_port(), free_port()
+    pw = Portway(tmp_path, tcp_config(port, [backend.port], admin_port=admin)).start()
+    try:
+        for _ in range(20):
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+                s.sendall(b"ping")
+                s.shutdown(socket.SHUT_WR)
+                assert s.recv(10) == b"ping"
+        pw.wait_access(lambda a: len(a) >= 20)
+        assert pw.stats(admin)["workers"][0]["pipes_created"] == 0
+    finally:
+        pw.stop()
+
+
+def _check_exchanges_sizes(backend: Backend, r: dict[str, object], *, sent: int, received: int) -> None:
+    rec = backend.records[r["id"]]  # type: ignore[index]
+    assert rec["recv_bytes"] == sent and rec["recv"] == r["sent"]
+    assert r["recv_bytes"] == received and rec["sent"] == r["recv"]

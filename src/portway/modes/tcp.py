@@ -212,7 +212,7 @@ class TcpConnection:
                 ssock,
                 session,
                 self._on_relay_done,
-                splice=spec.relay != "copy",
+                mode=spec.relay,
                 pipes=ctx.pipes,
                 buffers=ctx.buffers,
                 idle_timeout=spec.idle_timeout,

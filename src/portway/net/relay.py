@@ -71,21 +71,28 @@ class _Half(Generic[_S]):
     rules of the module docstring live here, once.
     """
 
+    # Every field lives here and the subclasses add none, so that an object can change class
+    # (copy → splice) in place; see _CopyHalf._fill.
     __slots__ = (
+        "buffers",
         "dfd",
         "done",
         "dst",
+        "end",
         "eof",
         "last",
         "loop",
+        "pipes",
         "poller",
         "prefix",
         "reading",
         "relay",
         "sfd",
         "src",
+        "start_",
         "store",
         "to_server",
+        "upgrade",
         "writing",
     )
 
@@ -96,6 +103,9 @@ class _Half(Generic[_S]):
         dst: socket.socket,
         to_server: bool,
         prefix: bytes,
+        pipes: PipePool,
+        buffers: BufferPool,
+        upgrade: bool = False,
     ) -> None:
         self.relay = relay
         self.loop = relay.loop
@@ -113,6 +123,12 @@ class _Half(Generic[_S]):
         self.last = _now()
         #: The pipe or buffer borrowed while bytes are in flight; None when idle.
         self.store: _S | None = None
+        self.pipes = pipes
+        self.buffers = buffers
+        #: Copy half of an ``auto`` relay: becomes a splice half once a read fills the buffer.
+        self.upgrade = upgrade
+        self.start_ = 0
+        self.end = 0
 
     # -- registration helpers (idempotent) -------------------------------------------------
     def _want_read(self) -> None:
@@ -254,19 +270,7 @@ class _Half(Generic[_S]):
 class _SpliceHalf(_Half[Pipe]):
     """Socket → pipe → socket with ``os.splice``; the store is a pooled pipe."""
 
-    __slots__ = ("pipes",)
-
-    def __init__(
-        self,
-        relay: Relay,
-        src: socket.socket,
-        dst: socket.socket,
-        to_server: bool,
-        prefix: bytes,
-        pipes: PipePool,
-    ) -> None:
-        super().__init__(relay, src, dst, to_server, prefix)
-        self.pipes = pipes
+    __slots__ = ()
 
     def _fill(self) -> int:
         pipe = self.store
@@ -293,27 +297,21 @@ class _SpliceHalf(_Half[Pipe]):
 
 
 class _CopyHalf(_Half[memoryview]):
-    """``recv_into`` a pooled buffer, then ``send`` it; the store is that buffer."""
+    """``recv_into`` a pooled buffer, then ``send`` it; the store is that buffer.
 
-    __slots__ = ("buffers", "end", "start_")
+    In an ``auto`` relay a read that fills the whole buffer means bulk is flowing: the
+    next read goes through a pipe instead (the object becomes a :class:`_SpliceHalf`).
+    Small exchanges, where a pipe costs more than it saves, stay here.
+    """
 
-    def __init__(
-        self,
-        relay: Relay,
-        src: socket.socket,
-        dst: socket.socket,
-        to_server: bool,
-        prefix: bytes,
-        buffers: BufferPool,
-    ) -> None:
-        super().__init__(relay, src, dst, to_server, prefix)
-        self.buffers = buffers
-        self.start_ = 0
-        self.end = 0
+    __slots__ = ()
 
     def _fill(self) -> int:
         buf = self.store
         if buf is None:
+            if self.upgrade and self.end == self.buffers.size:
+                self.__class__ = _SpliceHalf  # type: ignore[assignment]
+                return self._fill()
             buf = self.store = self.buffers.get()
         n = self.src.recv_into(buf)
         self.start_ = 0
@@ -336,8 +334,10 @@ class _CopyHalf(_Half[memoryview]):
 class Relay:
     """Both directions between ``client`` and ``server``, with idle timeout and accounting.
 
-    ``splice=True`` moves bytes with ``os.splice`` (both must be plain TCP sockets);
-    otherwise through pooled buffers. ``idle_timeout`` of 0 disables the idle timer.
+    ``mode`` is the listener's ``relay`` setting: ``"splice"`` moves bytes with ``os.splice``
+    (both must be plain TCP sockets), ``"copy"`` through pooled buffers, and ``"auto"`` starts
+    each direction copying and moves it to splice once it carries bulk (a read that fills
+    the whole buffer). ``idle_timeout`` of 0 disables the idle timer.
     """
 
     __slots__ = (
@@ -364,7 +364,7 @@ class Relay:
         session: Session,
         on_done: DoneCallback,
         *,
-        splice: bool,
+        mode: str,
         pipes: PipePool,
         buffers: BufferPool,
         idle_timeout: float = 0.0,
@@ -383,12 +383,10 @@ class Relay:
         self.timer: asyncio.TimerHandle | None = None
         self.c2s: _Half[Any]
         self.s2c: _Half[Any]
-        if splice:
-            self.c2s = _SpliceHalf(self, client, server, True, to_server, pipes)
-            self.s2c = _SpliceHalf(self, server, client, False, to_client, pipes)
-        else:
-            self.c2s = _CopyHalf(self, client, server, True, to_server, buffers)
-            self.s2c = _CopyHalf(self, server, client, False, to_client, buffers)
+        kind: type[_Half[Any]] = _SpliceHalf if mode == "splice" else _CopyHalf
+        upgrade = mode == "auto"
+        self.c2s = kind(self, client, server, True, to_server, pipes, buffers, upgrade)
+        self.s2c = kind(self, server, client, False, to_client, pipes, buffers, upgrade)
 
     def start(self) -> None:
         """Begin relaying in both directions."""
