@@ -146,7 +146,8 @@ class Portway(Proxy):
                 [log]
                 access = "off"
                 [defaults]
-                idle_timeout = "0"
+                idle_timeout = "1h"   # like the peers' timeout client/server and proxy_timeout
+                keepalive = false     # like the peers (no tcpka / proxy_socket_keepalive off)
                 [[listener]]
                 name = "bench"
                 mode = "tcp"
