@@ -1,7 +1,7 @@
 """Worker-wide services that every connection in one worker process shares.
 
-A :class:`Context` is made once per worker. It owns the socket poller, the pipe and buffer
-pools, the statistics, the access log and the table of live connections (for draining and for
+A :class:`Context` is made once per worker. It owns the socket poller, the timer wheel, the pipe
+and buffer pools, the statistics, the access log and the table of live connections (for draining and for
 live byte counts). A connection reports to it twice: :meth:`Context.opened` when accepted
 and :meth:`Context.closed` when its :class:`~portway.session.Session` is complete.
 """
@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from portway.net.pipes import BufferPool, PipePool
 from portway.net.poller import Poller
+from portway.net.timers import TimerWheel
 from portway.observe.accesslog import AccessLog
 from portway.observe.metrics import WorkerStats
 from portway.session import Session
@@ -50,6 +51,7 @@ class Context:
         "pipes",
         "poller",
         "stats",
+        "wheel",
         "worker_count",
         "worker_index",
     )
@@ -65,6 +67,7 @@ class Context:
         self.loop = loop
         self.pid = os.getpid()
         self.poller = Poller(loop)
+        self.wheel = TimerWheel(loop)
         self.pipes = PipePool()
         self.buffers = BufferPool()
         self.stats = WorkerStats(self.pid)

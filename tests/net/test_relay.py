@@ -19,6 +19,7 @@ import uvloop
 from portway.net.pipes import BufferPool, PipePool
 from portway.net.poller import Poller
 from portway.net.relay import Relay
+from portway.net.timers import TimerWheel
 from portway.session import Session
 from portway.termination import Reason
 
@@ -62,6 +63,7 @@ class Harness:
         self.relay = Relay(
             loop,
             self.poller,
+            TimerWheel(loop),
             proxy_client,
             proxy_server,
             self.session,

@@ -56,7 +56,7 @@ idle_timeout = "1h"         # no bytes either way for this long: close ("0" = ne
 retries = 2                 # extra connect attempts, each on another server
 max_connections = 10000     # per listener, split over the workers; more wait in the backlog
 keepalive = { idle = "60s", interval = "10s", count = 6 }   # TCP keepalive; false = off
-relay = "auto"              # "auto" (splice between plain TCP sockets), "splice" or "copy"
+relay = "auto"              # "auto" (copy small exchanges, splice bulk), "splice" or "copy"
 backlog = 1024              # listen(2) backlog
 
 # A listener accepts connections and hands them to its mode. This version has

@@ -261,7 +261,7 @@ class ListenerSpec:
     keepalive: Keepalive | None
     """``None``: TCP keepalive off."""
     relay: str
-    """``"auto"`` (splice between plain TCP sockets), ``"splice"`` or ``"copy"``."""
+    """``"auto"`` (copy small exchanges, splice bulk), ``"splice"`` or ``"copy"``."""
     backlog: int
     """The ``listen(2)`` backlog."""
     proxy_protocol: ProxyProtocolIn

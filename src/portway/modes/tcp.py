@@ -151,6 +151,7 @@ class TcpConnection:
         dial = Dial(
             loop,
             self.ctx.poller,
+            self.ctx.wheel,
             runtime.pools[name],
             self.session.client[0],
             timeout=backend.connect_timeout,
@@ -208,6 +209,7 @@ class TcpConnection:
             relay = Relay(
                 loop,
                 ctx.poller,
+                ctx.wheel,
                 self.sock,
                 ssock,
                 session,

@@ -1,9 +1,10 @@
 """Connect to one server of a pool, with a timeout per attempt and retries across servers.
 
 A :class:`Dial` is callback-driven, like the relay: a non-blocking ``connect`` watched by the
-worker's :class:`~portway.net.poller.Poller` and one timer. Each failed attempt is recorded on
-the server's health (passive ejection) and moves on to the next server the pool picks, never
-one already tried. The chosen server is ``acquire()``-d when picked (so ``leastconn`` sees
+worker's :class:`~portway.net.poller.Poller`, and a deadline on its
+:class:`~portway.net.timers.TimerWheel`. Each failed attempt is recorded on the server's
+health (passive ejection) and moves on to the next server the pool picks, never one already
+tried. The chosen server is ``acquire()``-d when picked (so ``leastconn`` sees
 connections that are still connecting) and ``release()``-d again if the attempt fails; on
 success the caller owns that reference and releases it when the connection ends.
 """
@@ -18,6 +19,7 @@ import socket
 from collections.abc import Callable
 
 from portway.net.poller import Poller
+from portway.net.timers import TimerWheel
 from portway.route.backend import Pool, Server
 from portway.termination import Reason
 
@@ -48,14 +50,16 @@ class Dial:
         "server",
         "sock",
         "timeout",
-        "timer",
         "tried",
+        "wheel",
+        "wheel_slot",
     )
 
     def __init__(
         self,
         loop: asyncio.AbstractEventLoop,
         poller: Poller,
+        wheel: TimerWheel,
         pool: Pool,
         client_ip: str,
         *,
@@ -67,6 +71,8 @@ class Dial:
     ) -> None:
         self.loop = loop
         self.poller = poller
+        self.wheel = wheel
+        self.wheel_slot: int | None = None
         self.pool = pool
         self.client_ip = client_ip
         self.timeout = timeout
@@ -77,7 +83,6 @@ class Dial:
         self.tried: list[Server] = []
         self.sock: socket.socket | None = None
         self.server: Server | None = None
-        self.timer: asyncio.TimerHandle | None = None
         self.last_reason = Reason.NO_SERVER
         self.last_detail = ""
         self.done = False
@@ -126,7 +131,7 @@ class Dial:
             self.sock = sock
             self.server = server
             self.poller.add_writer(sock.fileno(), self._on_writable)
-            self.timer = self.loop.call_later(self.timeout, self._on_timeout)
+            self.wheel.arm(self, self.timeout)
             return True
         sock.close()  # never registered with the poller
         server.release()
@@ -141,9 +146,7 @@ class Dial:
         if err == 0:
             self.done = True
             self.sock = None
-            if self.timer is not None:
-                self.timer.cancel()
-                self.timer = None
+            self.wheel.disarm(self)
             self.poller.hand_over_writer(sock.fileno())  # the relay registers its reader next
             server.health.record_connect(True, self.loop.time())
             on_connected = self.on_connected
@@ -155,8 +158,8 @@ class Dial:
         self._record_failure(server, _reason_for(err), f"{server.address}: {os.strerror(err)}")
         self._next()
 
-    def _on_timeout(self) -> None:
-        self.timer = None
+    def on_deadline(self, now: float) -> None:
+        """The connect attempt in progress took longer than ``timeout``: try the next server."""
         server = self.server
         assert server is not None
         self._unwatch()
@@ -175,9 +178,7 @@ class Dial:
     def _unwatch(self) -> None:
         if self.sock is not None:
             self.poller.remove_writer(self.sock.fileno())
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        self.wheel.disarm(self)
 
     def _drop(self) -> None:
         """Close the socket of the attempt in progress and release its server."""

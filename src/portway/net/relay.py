@@ -38,6 +38,7 @@ from typing import Any, Generic, TypeVar
 
 from portway.net.pipes import BufferPool, Pipe, PipePool
 from portway.net.poller import Poller
+from portway.net.timers import TimerWheel
 from portway.session import Session
 from portway.termination import Reason
 
@@ -201,8 +202,7 @@ class _Half(Generic[_S]):
                 self.relay.fail(self.to_server, exc)
                 return
             if n == 0:
-                self.eof = True
-                self._stop_read()
+                self.eof = True  # _at_eof below stops reading, unless the relay ends anyway
                 break
             self._count(n)
             self._drain()
@@ -352,13 +352,15 @@ class Relay:
         "s2c",
         "server",
         "session",
-        "timer",
+        "wheel",
+        "wheel_slot",
     )
 
     def __init__(
         self,
         loop: asyncio.AbstractEventLoop,
         poller: Poller,
+        wheel: TimerWheel,
         client: socket.socket,
         server: socket.socket,
         session: Session,
@@ -380,7 +382,8 @@ class Relay:
         self.idle_timeout = idle_timeout
         self.ended = False
         self.first_eof_client: bool | None = None
-        self.timer: asyncio.TimerHandle | None = None
+        self.wheel = wheel
+        self.wheel_slot: int | None = None
         self.c2s: _Half[Any]
         self.s2c: _Half[Any]
         kind: type[_Half[Any]] = _SpliceHalf if mode == "splice" else _CopyHalf
@@ -391,19 +394,19 @@ class Relay:
     def start(self) -> None:
         """Begin relaying in both directions."""
         if self.idle_timeout > 0:
-            self.timer = self.loop.call_later(self.idle_timeout, self._check_idle)
+            self.wheel.arm(self, self.idle_timeout)
         self.c2s.start()
         if not self.ended:
             self.s2c.start()
 
-    def _check_idle(self) -> None:
+    def on_deadline(self, now: float) -> None:
+        """The idle deadline came: end if nothing moved for ``idle_timeout``, else move it on."""
         c_last = self.c2s.last
         s_last = self.s2c.last
-        left = max(c_last, s_last) + self.idle_timeout - _now()
+        left = max(c_last, s_last) + self.idle_timeout - now
         if left > 0:
-            self.timer = self.loop.call_later(left, self._check_idle)
+            self.wheel.arm(self, left)
             return
-        self.timer = None
         # The side that has been silent longer is the one that timed out.
         if c_last <= s_last:
             self.end(Reason.CLIENT_IDLE_TIMEOUT, f"no data for {self.idle_timeout:g}s")
@@ -433,9 +436,7 @@ class Relay:
         if self.ended:
             return
         self.ended = True
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        self.wheel.disarm(self)
         self.c2s.release()
         self.s2c.release()
         self.c2s.reading = self.c2s.writing = self.s2c.reading = self.s2c.writing = False

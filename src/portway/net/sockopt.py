@@ -16,10 +16,11 @@ import socket
 from portway.config.model import Keepalive
 
 
-def _apply(sock: socket.socket, keepalive: Keepalive | None) -> None:
+def _apply(sock: socket.socket, keepalive: Keepalive | None, fresh: bool) -> None:
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     if keepalive is None:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 0)
+        if not fresh:  # a listener kept across a reload may have had it on
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 0)
         return
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, max(1, int(keepalive.idle)))
@@ -29,12 +30,12 @@ def _apply(sock: socket.socket, keepalive: Keepalive | None) -> None:
 
 def tune_listener(sock: socket.socket, keepalive: Keepalive | None) -> None:
     """Set the options every accepted socket inherits (no-delay, keepalive)."""
-    _apply(sock, keepalive)
+    _apply(sock, keepalive, fresh=False)
 
 
 def tune_dialed(sock: socket.socket, keepalive: Keepalive | None) -> None:
-    """Set no-delay and keepalive on a connected socket towards a server."""
-    _apply(sock, keepalive)
+    """Set no-delay and keepalive on a connected socket towards a server (off by default)."""
+    _apply(sock, keepalive, fresh=True)
 
 
 def peer_of(addr: tuple[str, int] | tuple[str, int, int, int]) -> tuple[str, int]:
