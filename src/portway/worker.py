@@ -166,7 +166,7 @@ class Worker:
             if name not in listeners:
                 listener.close()
         for sock in existing.values():
-            sock.close()
+            ctx.poller.close(sock)
         self.listeners = listeners
         if self.runtime is not None:
             self.runtime.stop_health_checks()

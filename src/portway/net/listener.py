@@ -2,8 +2,8 @@
 
 Each worker binds its own socket for every ``bind`` address (``SO_REUSEPORT``; IPv6 sockets
 are ``IPV6_V6ONLY`` so ``0.0.0.0:p`` and ``[::]:p`` can both be bound) and the kernel spreads
-new connections over the workers. Accepting is a ``loop.add_reader`` callback that accepts a
-batch and hands each socket to the mode's connection class.
+new connections over the workers. Accepting is a readiness callback of the worker's
+:class:`~portway.net.poller.Poller` that accepts a batch and hands each socket to the mode's connection class.
 
 Rules:
 
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import logging
 import socket
 from collections.abc import Callable
@@ -145,18 +146,20 @@ class Listener:
             return
         if self._resume_handle is not None or self._held:
             return
-        loop = self.ctx.loop
+        poller = self.ctx.poller
         for bind, sock in self.sockets.items():
-            loop.add_reader(sock.fileno(), self._on_acceptable, sock, (bind.host, bind.port))
+            poller.add_reader(
+                sock.fileno(), functools.partial(self._on_acceptable, sock, (bind.host, bind.port))
+            )
         self.accepting = True
 
     def pause(self) -> None:
         """Stop accepting; queued clients wait in the kernel's backlog."""
         if not self.accepting:
             return
-        loop = self.ctx.loop
+        poller = self.ctx.poller
         for sock in self.sockets.values():
-            loop.remove_reader(sock.fileno())
+            poller.remove_reader(sock.fileno())
         self.accepting = False
 
     def _on_acceptable(self, lsock: socket.socket, frontend: tuple[str, int]) -> None:
@@ -240,7 +243,7 @@ class Listener:
             self._resume_handle.cancel()
             self._resume_handle = None
         for sock in self.sockets.values():
-            sock.close()
+            self.ctx.poller.close(sock)
         self.sockets = {}
 
 
