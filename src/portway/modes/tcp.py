@@ -53,6 +53,7 @@ class TcpConnection:
         "server",
         "session",
         "sock",
+        "spec",
         "stage",
         "t_dial",
         "trusted",
@@ -68,6 +69,9 @@ class TcpConnection:
     ) -> None:
         self.ctx = ctx
         self.listener = listener
+        # A reload swaps the listener's spec and runtime; this connection keeps the ones it
+        # was accepted under.
+        self.spec = listener.spec
         self.runtime: Runtime = listener.runtime
         self.sock = sock
         self.session = ctx.new_session(listener.name, peer, frontend)
@@ -85,7 +89,7 @@ class TcpConnection:
             self._crash(exc)
 
     def _start(self) -> None:
-        spec = self.listener.spec
+        spec = self.spec
         pp = spec.proxy_protocol
         if pp.accept == "off":
             self._route(b"")
@@ -99,8 +103,8 @@ class TcpConnection:
             )
             return
         self.stage = Sniff(
-            self.ctx.loop,
             self.ctx.poller,
+            self.ctx.wheel,
             self.sock,
             proxyheader.parse,
             proxyheader.NEED_DATA,
@@ -117,7 +121,7 @@ class TcpConnection:
             session.sniff_s = self.ctx.loop.time() - session.start_mono
             self.ctx.stats.sniffed(session.listener, session.sniff_s)
             if header is None:
-                if self.listener.spec.proxy_protocol.accept == "required":
+                if self.spec.proxy_protocol.accept == "required":
                     self._end(
                         Reason.PROTOCOL_ERROR, "no PROXY protocol header (proxy_protocol.accept = required)"
                     )
@@ -139,7 +143,7 @@ class TcpConnection:
             self._crash(exc)
 
     def _route(self, prefix: bytes) -> None:
-        spec = self.listener.spec
+        spec = self.spec
         name = spec.backend
         assert name is not None
         runtime = self.runtime
@@ -198,7 +202,7 @@ class TcpConnection:
             backend = session.backend or "-"
             ctx.stats.routed(session)
             ctx.stats.connected(backend, session.connect_s)
-            spec = self.listener.spec
+            spec = self.spec
             tune_dialed(ssock, spec.keepalive)
             to_server = self.prefix
             mode = self.runtime.backends[backend].send_proxy_protocol

@@ -10,13 +10,13 @@ The parser is any callable ``parse(data) -> NEED_DATA | result``; it may raise
 
 from __future__ import annotations
 
-import asyncio
 import socket
 from collections.abc import Callable
 from typing import Any
 
 from portway.errors import ProtocolError
 from portway.net.poller import Poller
+from portway.net.timers import TimerWheel
 from portway.termination import Reason
 
 ResultCallback = Callable[[Any, bytearray], None]
@@ -30,21 +30,21 @@ class Sniff:
         "buf",
         "done",
         "limit",
-        "loop",
         "need",
         "on_error",
         "on_result",
         "parse",
         "poller",
         "sock",
-        "timer",
         "what",
+        "wheel",
+        "wheel_slot",
     )
 
     def __init__(
         self,
-        loop: asyncio.AbstractEventLoop,
         poller: Poller,
+        wheel: TimerWheel,
         sock: socket.socket,
         parse: Callable[[bytearray], Any],
         need: object,
@@ -55,8 +55,9 @@ class Sniff:
         on_result: ResultCallback,
         on_error: ErrorCallback,
     ) -> None:
-        self.loop = loop
         self.poller = poller
+        self.wheel = wheel
+        self.wheel_slot: int | None = None
         self.sock = sock
         self.parse = parse
         self.need = need
@@ -66,7 +67,7 @@ class Sniff:
         self.on_error = on_error
         self.buf = bytearray()
         self.done = False
-        self.timer: asyncio.TimerHandle | None = loop.call_later(timeout, self._on_timeout)
+        wheel.arm(self, timeout)
         poller.add_reader(sock.fileno(), self._on_readable)
 
     def _on_readable(self) -> None:
@@ -93,8 +94,8 @@ class Sniff:
         self._stop()
         self.on_result(result, self.buf)
 
-    def _on_timeout(self) -> None:
-        self.timer = None
+    def on_deadline(self, now: float) -> None:
+        """``sniff_timeout`` passed without a decision."""
         got = f"{len(self.buf)} bytes" if self.buf else "nothing"
         self._fail(Reason.SNIFF_TIMEOUT, f"no complete {self.what} in time (got {got})")
 
@@ -107,9 +108,7 @@ class Sniff:
             return
         self.done = True
         self.poller.remove_reader(self.sock.fileno())
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        self.wheel.disarm(self)
 
     def cancel(self) -> None:
         """Stop reading without reporting anything (the connection is being torn down)."""
