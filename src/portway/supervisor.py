@@ -30,7 +30,7 @@ from typing import Any
 from portway import __version__, control, logs
 from portway.config.load import load_file
 from portway.config.model import Config
-from portway.errors import ConfigError
+from portway.errors import ConfigError, ConfigIssue
 from portway.observe import metrics
 from portway.observe.admin import AdminServer
 
@@ -123,6 +123,9 @@ class Supervisor:
         loop = asyncio.get_running_loop()
         self._done = loop.create_future()
         try:
+            problem = check_access_log(self.config)
+            if problem:
+                raise StartupError(problem)
             await self._start_admin()
             self._write_pid_file()
             for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
@@ -165,6 +168,9 @@ class Supervisor:
         log.info("SIGHUP: reloading %s", self.path)
         try:
             config = load_file(self.path)
+            problem = check_access_log(config)
+            if problem:
+                raise ConfigError([ConfigIssue(config.source, "log.access", problem)])
         except ConfigError as exc:
             self.reload_failures += 1
             for issue in exc.issues:
@@ -478,6 +484,26 @@ class Supervisor:
             os.unlink(self.pid_file)
         except OSError:
             pass
+
+
+def check_access_log(config: Config) -> str:
+    """'' if the access-log file can be opened for appending, else a sentence saying why not.
+
+    Checked by the supervisor before workers start or take a reload, so that a bad path is
+    one clear error instead of every worker failing on its own.
+    """
+    target = config.log.access
+    if target in ("stdout", "stderr", "off"):
+        return ""
+    try:
+        with open(target, "a", encoding="utf-8"):
+            pass
+    except OSError as exc:
+        return (
+            f"cannot open the access log {target}: {exc.strerror} "
+            "(create its directory, fix its permissions, or change [log] access)"
+        )
+    return ""
 
 
 def _describe_exit(code: int) -> str:

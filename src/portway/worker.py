@@ -76,7 +76,7 @@ class Worker:
         self.ctx = Context(loop, access, worker_index=self.index, worker_count=self.count)
         try:
             await self.apply(config, int(first.get("generation", 1)))
-        except BindError as exc:
+        except (BindError, OSError) as exc:
             await control.send(writer, {"op": "fatal", "message": str(exc)})
             return 3
         loop.add_signal_handler(signal.SIGTERM, self._on_sigterm)
@@ -123,6 +123,12 @@ class Worker:
         ctx = self.ctx
         assert ctx is not None
         loop = ctx.loop
+        old_log = self.runtime.config.log if self.runtime is not None else config.log
+        new_access: AccessLog | None = None
+        if (config.log.access, config.log.format) != (old_log.access, old_log.format):
+            new_access = AccessLog(
+                config.log.access, config.log.format
+            )  # may raise OSError: nothing changed yet
         runtime = Runtime(config, generation, previous=self.runtime)
         for problem in await runtime.resolve(loop):
             log.warning("%s", problem)
@@ -171,13 +177,12 @@ class Worker:
         if self.runtime is not None:
             self.runtime.stop_health_checks()
         runtime.start_health_checks(loop, self._on_server_state)
-        old_log = self.runtime.config.log if self.runtime is not None else config.log
         if config.log != old_log:
             logs.setup(config.log.level, config.log.format, f"worker {self.index}")
-            if (config.log.access, config.log.format) != (old_log.access, old_log.format):
-                ctx.access.flush()
-                ctx.access.close()
-                ctx.access = AccessLog(config.log.access, config.log.format)
+        if new_access is not None:
+            ctx.access.flush()
+            ctx.access.close()
+            ctx.access = new_access
         self.runtime = runtime
         self.generation = generation
         ctx.stats.declare(

@@ -269,3 +269,11 @@ def test_reload_moves_the_access_log_to_a_file(tmp_path: Path, lt: LoopThread) -
         assert len(pw.access) == 1  # nothing more on stdout
     finally:
         pw.stop()
+
+
+def test_unwritable_access_log_is_a_clear_error(tmp_path: Path) -> None:
+    conf = tcp_config(free_port(), [free_port()]).replace('access = "stdout"', 'access = "no/such/dir/a.log"')
+    pw = Portway(tmp_path, conf).start(wait=False)
+    assert pw.wait_exit() == 1
+    assert any("cannot open the access log" in line and "no/such/dir/a.log" in line for line in pw.log)
+    assert not any("Traceback" in line for line in pw.log)
