@@ -191,3 +191,64 @@ def test_max_connections_holds(tmp_path: Path, lt: LoopThread) -> None:
         for s in held:
             s.close()
         pw.stop()
+
+
+def _blackhole() -> tuple[socket.socket, list[socket.socket]]:
+    """A listening socket whose accept queue is full: new SYNs are dropped, connects hang."""
+    lsock = socket.socket()
+    lsock.bind(("127.0.0.1", 0))
+    lsock.listen(0)
+    fillers = []
+    for _ in range(8):
+        s = socket.socket()
+        s.setblocking(False)
+        s.connect_ex(lsock.getsockname())
+        fillers.append(s)
+    probe = socket.socket()
+    probe.settimeout(0.5)
+    try:
+        probe.connect(lsock.getsockname())
+        raise AssertionError("the accept queue did not fill up")
+    except TimeoutError:
+        pass
+    finally:
+        probe.close()
+    return lsock, fillers
+
+
+def test_connect_timeout_moves_to_the_next_server(tmp_path: Path, lt: LoopThread) -> None:
+    lsock, fillers = _blackhole()
+    alive = _named_backend(lt, b"alive")
+    port = free_port()
+    hole = lsock.getsockname()[1]
+    conf = tcp_config(port, [hole, alive.port], backend='connect_timeout = "300ms"\nretries = 1')
+    pw = Portway(tmp_path, conf).start()
+    try:
+        assert _greeting(port) == b"alive"  # first pick is the black hole: 300 ms later, the next server
+        rec = pw.wait_access(lambda a: a)[0]
+        assert rec["server"] == "s1" and rec["retries"] == 1
+        assert rec["connect_s"] >= 0.3
+    finally:
+        pw.stop()
+        lsock.close()
+        for s in fillers:
+            s.close()
+
+
+def test_connect_timeout_when_no_server_answers(tmp_path: Path) -> None:
+    lsock, fillers = _blackhole()
+    port = free_port()
+    conf = tcp_config(port, [lsock.getsockname()[1]], backend='connect_timeout = "200ms"\nretries = 0')
+    pw = Portway(tmp_path, conf).start()
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            assert s.recv(1) == b""
+        rec = pw.wait_access(lambda a: a)[0]
+        assert rec["reason"] == "connect_timeout"
+        assert 0.2 <= rec["total_s"] < 2
+        assert "no answer within 0.2s" in rec["detail"]
+    finally:
+        pw.stop()
+        lsock.close()
+        for s in fillers:
+            s.close()
