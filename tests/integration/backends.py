@@ -148,3 +148,26 @@ async def exchange_client(host: str, port: int, size: int) -> dict[str, Any]:
     await send_task
     writer.close()
     return {"id": ident, "sent": h.hexdigest(), "recv": recv_hash, "recv_bytes": n}
+
+
+def echo_backend(lt: LoopThread) -> Backend:
+    """A server that sends back everything it receives, then closes."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(await reader.read())
+
+    return Backend(lt, handler)
+
+
+def greeter_backend(lt: LoopThread, name: bytes, *, echo: bool = False) -> Backend:
+    """A server that greets with ``name`` and a newline, then echoes or just reads to EOF."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(name + b"\n")
+        await writer.drain()
+        while data := await reader.read(65536):
+            if echo:
+                writer.write(data)
+                await writer.drain()
+
+    return Backend(lt, handler)

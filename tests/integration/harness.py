@@ -239,3 +239,27 @@ name = "pool"
 servers = [{entries}]
 {backend}
 """
+
+
+def roundtrip(port: int, payload: bytes, host: str = "127.0.0.1") -> tuple[int, bytes]:
+    """Connect, send ``payload``, half-close, read to EOF; (client port, what came back).
+
+    A connection refused before its data was read ends with a reset: that reads as b"".
+    """
+    with socket.create_connection((host, port), timeout=10) as s:
+        cport = s.getsockname()[1]
+        s.sendall(payload)
+        s.shutdown(socket.SHUT_WR)
+        back = b""
+        try:
+            while chunk := s.recv(65536):
+                back += chunk
+        except ConnectionResetError:
+            pass
+        return cport, back
+
+
+def greeting(port: int) -> bytes:
+    """Connect and return the first line the server sends, without its newline."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        return s.makefile("rb").readline().strip()

@@ -2,23 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
-import socket
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.integration.backends import Backend, LoopThread
-from tests.integration.harness import Portway, free_port, tcp_config, wait_until
-
-
-@pytest.fixture
-def lt() -> Iterator[LoopThread]:
-    loop_thread = LoopThread()
-    yield loop_thread
-    loop_thread.close()
+from tests.integration.backends import LoopThread, echo_backend
+from tests.integration.harness import Portway, free_port, roundtrip, tcp_config, wait_until
 
 
 def _samples(body: bytes) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -30,10 +19,7 @@ def _samples(body: bytes) -> dict[tuple[str, tuple[tuple[str, str], ...]], float
 
 
 def test_metrics_and_stats_sum_all_workers(tmp_path: Path, lt: LoopThread) -> None:
-    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        writer.write(await reader.read())
-
-    backend = Backend(lt, echo)
+    backend = echo_backend(lt)
     dead = free_port()
     port, admin = free_port(), free_port()
     conf = tcp_config(
@@ -42,10 +28,7 @@ def test_metrics_and_stats_sum_all_workers(tmp_path: Path, lt: LoopThread) -> No
     pw = Portway(tmp_path, conf).start()
     try:
         for _ in range(40):
-            with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-                s.sendall(b"0123456789")
-                s.shutdown(socket.SHUT_WR)
-                assert s.recv(100) == b"0123456789"
+            assert roundtrip(port, b"0123456789")[1] == b"0123456789"
         pw.wait_access(lambda a: len(a) >= 40)
 
         stats = wait_until(

@@ -6,34 +6,12 @@ import asyncio
 import os
 import signal
 import socket
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.integration.backends import Backend, LoopThread, exchange_client, exchange_handler
-from tests.integration.harness import Portway, fd_count, free_port, tcp_config, wait_until
-
-
-@pytest.fixture
-def lt() -> Iterator[LoopThread]:
-    loop_thread = LoopThread()
-    yield loop_thread
-    loop_thread.close()
-
-
-def _greeter(lt: LoopThread, name: bytes) -> Backend:
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        writer.write(name + b"\n")
-        await writer.drain()
-        await reader.read()
-
-    return Backend(lt, handler)
-
-
-def _greeting(port: int) -> bytes:
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-        return s.makefile("rb").readline().strip()
+from tests.integration.backends import Backend, LoopThread, exchange_client, exchange_handler, greeter_backend
+from tests.integration.harness import Portway, fd_count, free_port, greeting, tcp_config, wait_until
 
 
 def test_sighup_under_load_loses_nothing_and_applies_new_config(tmp_path: Path, lt: LoopThread) -> None:
@@ -41,7 +19,7 @@ def test_sighup_under_load_loses_nothing_and_applies_new_config(tmp_path: Path, 
     ref: list[Backend] = []
     streamer = Backend(lt, exchange_handler(ref, size))
     ref.append(streamer)
-    other = _greeter(lt, b"new")
+    other = greeter_backend(lt, b"new")
     port = free_port()
     pw = Portway(tmp_path, tcp_config(port, [streamer.port], workers=2)).start()
     try:
@@ -63,7 +41,7 @@ def test_sighup_under_load_loses_nothing_and_applies_new_config(tmp_path: Path, 
             rec = streamer.records[r["id"]]  # type: ignore[index]
             assert r["recv_bytes"] == size and rec["recv_bytes"] == size
             assert rec["recv"] == r["sent"] and rec["sent"] == r["recv"]
-        assert _greeting(port) == b"new"  # new connections use the new config
+        assert greeting(port) == b"new"  # new connections use the new config
         for pid, count in baseline.items():
             wait_until(
                 lambda pid=pid, count=count: fd_count(pid) <= count, what=f"worker {pid} fds at baseline"
@@ -73,7 +51,7 @@ def test_sighup_under_load_loses_nothing_and_applies_new_config(tmp_path: Path, 
 
 
 def test_invalid_config_on_sighup_keeps_the_old(tmp_path: Path, lt: LoopThread) -> None:
-    old = _greeter(lt, b"old")
+    old = greeter_backend(lt, b"old")
     port, admin = free_port(), free_port()
     pw = Portway(tmp_path, tcp_config(port, [old.port], admin_port=admin)).start()
     try:
@@ -83,7 +61,7 @@ def test_invalid_config_on_sighup_keeps_the_old(tmp_path: Path, lt: LoopThread) 
         line = pw.wait_for(r"reload rejected: .*portway.toml", start=n)
         assert "portway.toml" in line
         pw.wait_for(r"still running the previous configuration", start=n)
-        assert _greeting(port) == b"old"
+        assert greeting(port) == b"old"
         assert pw.stats(admin)["supervisor"]["reload_failures_total"] == 1
     finally:
         pw.stop()
@@ -124,7 +102,7 @@ def test_sigterm_drains_then_exits_zero(tmp_path: Path, lt: LoopThread) -> None:
 
 
 def test_drain_timeout_ends_connections_with_shutdown(tmp_path: Path, lt: LoopThread) -> None:
-    backend = _greeter(lt, b"idle")
+    backend = greeter_backend(lt, b"idle")
     port = free_port()
     conf = tcp_config(port, [backend.port]).replace('drain_timeout = "10s"', 'drain_timeout = "300ms"')
     pw = Portway(tmp_path, conf).start()
@@ -138,7 +116,7 @@ def test_drain_timeout_ends_connections_with_shutdown(tmp_path: Path, lt: LoopTh
 
 
 def test_sigint_exits_at_once(tmp_path: Path, lt: LoopThread) -> None:
-    backend = _greeter(lt, b"idle")
+    backend = greeter_backend(lt, b"idle")
     port = free_port()
     pw = Portway(tmp_path, tcp_config(port, [backend.port])).start()
     with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
@@ -158,7 +136,7 @@ def _refused(port: int) -> bool:
 
 
 def test_killed_worker_comes_back(tmp_path: Path, lt: LoopThread) -> None:
-    backend = _greeter(lt, b"hi")
+    backend = greeter_backend(lt, b"hi")
     port, admin = free_port(), free_port()
     pw = Portway(tmp_path, tcp_config(port, [backend.port], workers=2, admin_port=admin)).start()
     try:
@@ -170,7 +148,7 @@ def test_killed_worker_comes_back(tmp_path: Path, lt: LoopThread) -> None:
         after = wait_until(lambda: len(pw.worker_pids()) == 2 and pw.worker_pids(), what="two workers")
         assert before[0] not in after and before[1] in after
         for _ in range(10):
-            assert _greeting(port) == b"hi"
+            assert greeting(port) == b"hi"
         status, body = pw.admin_get(admin, "/metrics")
         assert status == 200
         assert b"portway_worker_restarts_total 1.0" in body
@@ -180,7 +158,7 @@ def test_killed_worker_comes_back(tmp_path: Path, lt: LoopThread) -> None:
 
 
 def test_worker_fds_return_to_baseline(tmp_path: Path, lt: LoopThread) -> None:
-    backend = _greeter(lt, b"hi")
+    backend = greeter_backend(lt, b"hi")
     port = free_port()
     dead = free_port()
     pw = Portway(tmp_path, tcp_config(port, [backend.port, dead], workers=1)).start()
@@ -214,7 +192,7 @@ def test_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_out_of_file_descriptors_backs_off_and_recovers(tmp_path: Path, lt: LoopThread) -> None:
-    backend = _greeter(lt, b"hi")
+    backend = greeter_backend(lt, b"hi")
     port = free_port()
     pw = Portway(tmp_path, tcp_config(port, [backend.port]), prefix=["prlimit", "--nofile=64:64", "--"])
     pw.start()
@@ -237,7 +215,7 @@ def test_out_of_file_descriptors_backs_off_and_recovers(tmp_path: Path, lt: Loop
             held.clear()
             waiting.settimeout(10)
             assert waiting.makefile("rb").readline() == b"hi\n"  # recovered: served from the backlog
-        assert _greeting(port) == b"hi"
+        assert greeting(port) == b"hi"
     finally:
         for s in held:
             s.close()
@@ -250,19 +228,19 @@ def _cpu_ticks(pid: int) -> int:
 
 
 def test_reload_moves_the_access_log_to_a_file(tmp_path: Path, lt: LoopThread) -> None:
-    backend = _greeter(lt, b"hi")
+    backend = greeter_backend(lt, b"hi")
     port = free_port()
     conf = tcp_config(port, [backend.port])
     pw = Portway(tmp_path, conf).start()
     try:
-        assert _greeting(port) == b"hi"
+        assert greeting(port) == b"hi"
         pw.wait_access(lambda a: a)  # the first connection is logged on stdout (JSON)
         pw.path.write_text(conf.replace('access = "stdout"', 'access = "logs/access.log"'))
         (tmp_path / "logs").mkdir()
         n = len(pw.log)
         pw.signal(signal.SIGHUP)
         pw.wait_for(r"reloaded .*generation 2", start=n)
-        assert _greeting(port) == b"hi"
+        assert greeting(port) == b"hi"
         log_file = tmp_path / "logs" / "access.log"
         line = wait_until(lambda: log_file.exists() and log_file.read_text(), what="access.log written")
         assert '"listener": "front"' in line or '"listener":"front"' in line

@@ -4,20 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.integration.backends import Backend, LoopThread
+from tests.integration.backends import Backend, LoopThread, echo_backend
 from tests.integration.harness import Portway, free_port, tcp_config, wait_until
-
-
-@pytest.fixture
-def lt() -> Iterator[LoopThread]:
-    loop_thread = LoopThread()
-    yield loop_thread
-    loop_thread.close()
 
 
 def _has_ipv6() -> bool:
@@ -31,10 +23,7 @@ def _has_ipv6() -> bool:
 
 @pytest.mark.skipif(not _has_ipv6(), reason="no IPv6 loopback")
 def test_ipv4_and_ipv6_on_the_same_port(tmp_path: Path, lt: LoopThread) -> None:
-    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        writer.write(await reader.read())
-
-    backend = Backend(lt, echo)
+    backend = echo_backend(lt)
     port = free_port()
     conf = tcp_config(port, [backend.port]).replace(
         f'bind = "127.0.0.1:{port}"', f'bind = ["127.0.0.1:{port}", "[::1]:{port}"]'

@@ -2,37 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 import socket
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.integration.backends import Backend, LoopThread
+from tests.integration.backends import Backend, LoopThread, greeter_backend
 from tests.integration.harness import Portway, free_port, tcp_config, wait_until
-
-
-@pytest.fixture
-def lt() -> Iterator[LoopThread]:
-    loop_thread = LoopThread()
-    yield loop_thread
-    loop_thread.close()
-
-
-def _named_backend(lt: LoopThread, name: bytes, hold: bool = False) -> Backend:
-    """A server that greets with its name, then echoes (or holds the connection open)."""
-
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        writer.write(name + b"\n")
-        await writer.drain()
-        while data := await reader.read(65536):
-            if not hold:
-                writer.write(data)
-                await writer.drain()
-
-    return Backend(lt, handler)
 
 
 def _greeting(port: int, source: str | None = None) -> bytes:
@@ -47,7 +24,7 @@ def _greeting(port: int, source: str | None = None) -> bytes:
 
 
 def test_dead_server_is_skipped_by_retry(tmp_path: Path, lt: LoopThread) -> None:
-    alive = _named_backend(lt, b"alive")
+    alive = greeter_backend(lt, b"alive", echo=True)
     dead = free_port()  # nothing listens here
     port = free_port()
     conf = tcp_config(port, [dead, alive.port], backend='balance = "roundrobin"\nretries = 2')
@@ -84,7 +61,7 @@ def test_all_servers_down_closes_at_once_with_no_server(tmp_path: Path) -> None:
 
 
 def test_health_checks_follow_rise_and_fall(tmp_path: Path, lt: LoopThread) -> None:
-    a = _named_backend(lt, b"a")
+    a = greeter_backend(lt, b"a", echo=True)
     b_port = free_port()
     port, admin = free_port(), free_port()
     conf = tcp_config(
@@ -110,8 +87,8 @@ def test_health_checks_follow_rise_and_fall(tmp_path: Path, lt: LoopThread) -> N
 
 
 def test_leastconn_sends_new_connections_to_the_least_loaded(tmp_path: Path, lt: LoopThread) -> None:
-    a = _named_backend(lt, b"a", hold=True)
-    b = _named_backend(lt, b"b", hold=True)
+    a = greeter_backend(lt, b"a")
+    b = greeter_backend(lt, b"b")
     port = free_port()
     pw = Portway(tmp_path, tcp_config(port, [a.port, b.port], backend='balance = "leastconn"')).start()
     held: list[socket.socket] = []
@@ -143,7 +120,7 @@ def test_leastconn_sends_new_connections_to_the_least_loaded(tmp_path: Path, lt:
 
 
 def test_source_hashing_is_sticky_and_spreads(tmp_path: Path, lt: LoopThread) -> None:
-    servers = [_named_backend(lt, name) for name in (b"a", b"b", b"c")]
+    servers = [greeter_backend(lt, name, echo=True) for name in (b"a", b"b", b"c")]
     port = free_port()
     conf = tcp_config(port, [s.port for s in servers], backend='balance = "source"', workers=2)
     pw = Portway(tmp_path, conf).start()
@@ -161,7 +138,7 @@ def test_source_hashing_is_sticky_and_spreads(tmp_path: Path, lt: LoopThread) ->
 
 
 def test_max_connections_holds(tmp_path: Path, lt: LoopThread) -> None:
-    backend = _named_backend(lt, b"x", hold=True)
+    backend = greeter_backend(lt, b"x")
     port = free_port()
     pw = Portway(tmp_path, tcp_config(port, [backend.port], listener="max_connections = 5")).start()
     held: list[socket.socket] = []
@@ -218,7 +195,7 @@ def _blackhole() -> tuple[socket.socket, list[socket.socket]]:
 
 def test_connect_timeout_moves_to_the_next_server(tmp_path: Path, lt: LoopThread) -> None:
     lsock, fillers = _blackhole()
-    alive = _named_backend(lt, b"alive")
+    alive = greeter_backend(lt, b"alive", echo=True)
     port = free_port()
     hole = lsock.getsockname()[1]
     conf = tcp_config(port, [hole, alive.port], backend='connect_timeout = "300ms"\nretries = 1')

@@ -5,20 +5,12 @@ from __future__ import annotations
 import asyncio
 import socket
 import struct
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.integration.backends import Backend, LoopThread
-from tests.integration.harness import Portway, free_port, tcp_config, wait_until
-
-
-@pytest.fixture
-def lt() -> Iterator[LoopThread]:
-    loop_thread = LoopThread()
-    yield loop_thread
-    loop_thread.close()
+from tests.integration.harness import Portway, free_port, roundtrip, tcp_config, wait_until
 
 
 def _recording_backend(lt: LoopThread, seen: list[bytes]) -> Backend:
@@ -30,28 +22,13 @@ def _recording_backend(lt: LoopThread, seen: list[bytes]) -> Backend:
     return Backend(lt, handler)
 
 
-def _send(port: int, payload: bytes) -> tuple[int, bytes]:
-    """Connect, send, half-close, read to EOF; (client port, what came back)."""
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-        cport = s.getsockname()[1]
-        s.sendall(payload)
-        s.shutdown(socket.SHUT_WR)
-        back = b""
-        try:
-            while chunk := s.recv(65536):
-                back += chunk
-        except ConnectionResetError:  # refused before we were read: the kernel answers RST
-            pass
-        return cport, back
-
-
 def test_v1_header_sent_to_server_byte_exact(tmp_path: Path, lt: LoopThread) -> None:
     seen: list[bytes] = []
     backend = _recording_backend(lt, seen)
     port = free_port()
     pw = Portway(tmp_path, tcp_config(port, [backend.port], backend='send_proxy_protocol = "v1"')).start()
     try:
-        cport, _ = _send(port, b"hello")
+        cport, _ = roundtrip(port, b"hello")
         wait_until(lambda: seen, what="backend data")
         assert seen[0] == f"PROXY TCP4 127.0.0.1 127.0.0.1 {cport} {port}\r\nhello".encode()
     finally:
@@ -64,7 +41,7 @@ def test_v2_header_sent_to_server_byte_exact(tmp_path: Path, lt: LoopThread) -> 
     port = free_port()
     pw = Portway(tmp_path, tcp_config(port, [backend.port], backend='send_proxy_protocol = "v2"')).start()
     try:
-        cport, _ = _send(port, b"hello")
+        cport, _ = roundtrip(port, b"hello")
         wait_until(lambda: seen, what="backend data")
         expected = (
             b"\r\n\r\n\x00\r\nQUIT\n"  # signature
@@ -93,7 +70,7 @@ def test_header_from_trusted_client_sets_client_address(tmp_path: Path, lt: Loop
     pw = Portway(tmp_path, conf).start()
     try:
         # A load balancer in front says the real client is 203.0.113.7:4242.
-        _send(port, b"PROXY TCP4 203.0.113.7 127.0.0.1 4242 443\r\nGET /")
+        roundtrip(port, b"PROXY TCP4 203.0.113.7 127.0.0.1 4242 443\r\nGET /")
         wait_until(lambda: seen, what="backend data")
         assert seen[0] == b"PROXY TCP4 203.0.113.7 127.0.0.1 4242 443\r\nGET /"
         rec = pw.wait_access(lambda a: a)[0]
@@ -112,7 +89,7 @@ def test_optional_accepts_clients_without_header(tmp_path: Path, lt: LoopThread)
     )
     pw = Portway(tmp_path, conf).start()
     try:
-        _send(port, b"GET / HTTP/1.0\r\n\r\n")
+        roundtrip(port, b"GET / HTTP/1.0\r\n\r\n")
         wait_until(lambda: seen, what="backend data")
         assert seen[0] == b"GET / HTTP/1.0\r\n\r\n"  # every byte replayed
     finally:
@@ -129,7 +106,7 @@ def test_header_from_untrusted_client_is_refused(tmp_path: Path, lt: LoopThread,
     )
     pw = Portway(tmp_path, conf).start()
     try:
-        _, back = _send(port, b"PROXY TCP4 203.0.113.7 127.0.0.1 4242 443\r\nGET /")
+        _, back = roundtrip(port, b"PROXY TCP4 203.0.113.7 127.0.0.1 4242 443\r\nGET /")
         assert back == b""
         rec = pw.wait_access(lambda a: a)[0]
         assert rec["reason"] == "refused_by_rule"
@@ -148,11 +125,11 @@ def test_required_without_header_is_refused(tmp_path: Path, lt: LoopThread) -> N
     )
     pw = Portway(tmp_path, conf).start()
     try:
-        _send(port, b"GET / HTTP/1.0\r\n\r\n")
+        roundtrip(port, b"GET / HTTP/1.0\r\n\r\n")
         rec = pw.wait_access(lambda a: a)[0]
         assert rec["reason"] == "protocol_error"
         assert backend.accepted == 0
-        _send(port, b"PROXY TCP4 1.2.3.4 5.6.7.8 99999 1\r\n")  # malformed: port out of range
+        roundtrip(port, b"PROXY TCP4 1.2.3.4 5.6.7.8 99999 1\r\n")  # malformed: port out of range
         rec = pw.wait_access(lambda a: a[1:])[0]
         assert rec["reason"] == "protocol_error"
         assert "PROXY" in rec["detail"]

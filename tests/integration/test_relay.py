@@ -8,22 +8,14 @@ import os
 import shutil
 import socket
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.integration.backends import Backend, LoopThread, exchange_client, exchange_handler
-from tests.integration.harness import Portway, fd_count, free_port, tcp_config, wait_until
+from tests.integration.backends import Backend, LoopThread, echo_backend, exchange_client, exchange_handler
+from tests.integration.harness import Portway, fd_count, free_port, roundtrip, tcp_config, wait_until
 
 MiB = 1 << 20
-
-
-@pytest.fixture
-def lt() -> Iterator[LoopThread]:
-    loop_thread = LoopThread()
-    yield loop_thread
-    loop_thread.close()
 
 
 def _exchange_backend(lt: LoopThread, size: int) -> Backend:
@@ -234,18 +226,12 @@ def test_auto_relay_copies_small_exchanges_and_splices_bulk(tmp_path: Path, lt: 
 
 
 def test_auto_relay_small_exchange_needs_no_pipe(tmp_path: Path, lt: LoopThread) -> None:
-    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        writer.write(await reader.read())
-
-    backend = Backend(lt, echo)
+    backend = echo_backend(lt)
     port, admin = free_port(), free_port()
     pw = Portway(tmp_path, tcp_config(port, [backend.port], admin_port=admin)).start()
     try:
         for _ in range(20):
-            with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-                s.sendall(b"ping")
-                s.shutdown(socket.SHUT_WR)
-                assert s.recv(10) == b"ping"
+            assert roundtrip(port, b"ping")[1] == b"ping"
         pw.wait_access(lambda a: len(a) >= 20)
         assert pw.stats(admin)["workers"][0]["pipes_created"] == 0
     finally:
