@@ -255,3 +255,29 @@ def test_unwritable_access_log_is_a_clear_error(tmp_path: Path) -> None:
     assert pw.wait_exit() == 1
     assert any("cannot open the access log" in line and "no/such/dir/a.log" in line for line in pw.log)
     assert not any("Traceback" in line for line in pw.log)
+
+
+def test_reload_moves_a_listener_and_changes_the_worker_count(tmp_path: Path, lt: LoopThread) -> None:
+    backend = greeter_backend(lt, b"hi")
+    old_port, new_port, admin = free_port(), free_port(), free_port()
+    pw = Portway(tmp_path, tcp_config(old_port, [backend.port], workers=1, admin_port=admin)).start()
+    try:
+        held = socket.create_connection(("127.0.0.1", old_port), timeout=10)
+        assert held.makefile("rb").readline() == b"hi\n"
+        pw.path.write_text(tcp_config(new_port, [backend.port], workers=2, admin_port=admin))
+        n = len(pw.log)
+        pw.signal(signal.SIGHUP)
+        pw.wait_for(r"reloaded .*generation 2", start=n)
+        assert greeting(new_port) == b"hi"  # the new address is served...
+        wait_until(lambda: _refused(old_port), what="old address closed")  # ...the old one is gone
+        held.sendall(b"still here")  # the connection accepted on the old address lives on
+        held.shutdown(socket.SHUT_WR)
+        assert held.recv(1) == b""
+        held.close()
+        rec = pw.wait_access(lambda a: [r for r in a if r["bytes_in"] == 10])[0]
+        assert rec["reason"] == "client_closed" and rec["frontend"].endswith(f":{old_port}")
+        assert len(wait_until(lambda: len(pw.worker_pids()) == 2 and pw.worker_pids(), what="2 workers")) == 2
+        workers = wait_until(lambda: len(w := pw.stats(admin)["workers"]) == 2 and w, what="2 in /stats")
+        assert len(workers) == 2
+    finally:
+        pw.stop()
