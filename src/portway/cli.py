@@ -109,8 +109,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{n} problem{'s' * (n != 1)} found; nothing was started.", file=sys.stderr)
         return 1
     if args.command == "check":
-        print(render_plan(config))
-        print(f"\n{config.source}: configuration is valid.")
+        try:
+            print(render_plan(config))
+            print(f"\n{config.source}: configuration is valid.")
+        except BrokenPipeError:  # `portway check | head`: the reader has seen enough
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     return _run(config, args)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import socket
 from collections.abc import Callable
 
@@ -119,7 +120,7 @@ async def _tcp_check(loop: asyncio.AbstractEventLoop, server: Server, timeout: f
     except TimeoutError:
         return f"no answer within {timeout:g}s"
     except OSError as exc:
-        return exc.strerror or str(exc)
+        return os.strerror(exc.errno) if exc.errno else str(exc)
     finally:
         sock.close()
     return ""
