@@ -1,0 +1,144 @@
+"""Where a client-chosen destination may be dialled: allow-lists and the ranges refused by default.
+
+When the client picks the destination (an SNI route that dials the name itself, later the
+forward proxy and the gateway), the name is resolved and the check runs on the IP actually
+dialled, so a name that resolves somewhere unexpected is caught.
+
+Rules:
+
+1. A destination is allowed only if an ``allow`` entry matches it: a network entry (CIDR or
+   bare IP) that contains the IP, or a host-name entry (``db.internal``, ``*.lab.example.com``)
+   that matches the name. Either may carry ``:port`` or ``:port-port``.
+2. Addresses in the special ranges (loopback, link-local and so cloud metadata, private,
+   CGNAT, unspecified, multicast, broadcast) are refused unless a *network* entry contains
+   them: a host-name entry alone never opens them, since DNS answers are the client's to shape.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from portway.route.match import NameMatcher
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+#: Refused for client-chosen destinations unless a network entry of ``allow`` contains them.
+SPECIAL_RANGES: tuple[tuple[IPNetwork, str], ...] = tuple(
+    (ipaddress.ip_network(net), why)
+    for net, why in (
+        ("127.0.0.0/8", "loopback"),
+        ("::1/128", "loopback"),
+        ("169.254.0.0/16", "link-local (cloud metadata lives here)"),
+        ("fe80::/10", "link-local"),
+        ("10.0.0.0/8", "private"),
+        ("172.16.0.0/12", "private"),
+        ("192.168.0.0/16", "private"),
+        ("fc00::/7", "private"),
+        ("100.64.0.0/10", "carrier-grade NAT"),
+        ("0.0.0.0/8", "unspecified"),
+        ("::/128", "unspecified"),
+        ("224.0.0.0/4", "multicast"),
+        ("ff00::/8", "multicast"),
+        ("255.255.255.255/32", "broadcast"),
+    )
+)
+
+_PORTS = re.compile(r"(?P<lo>\d{1,5})(?:-(?P<hi>\d{1,5}))?")
+
+
+@dataclass(frozen=True, slots=True)
+class AllowEntry:
+    """One ``allow`` entry: a network or a host pattern, with a port range."""
+
+    text: str
+    network: IPNetwork | None
+    name: NameMatcher | None
+    port_lo: int = 1
+    port_hi: int = 65535
+
+    def matches(self, name: str | None, ip: IPAddress, port: int) -> bool:
+        """True if this entry lets ``name`` (resolved to ``ip``) be dialled on ``port``."""
+        if not self.port_lo <= port <= self.port_hi:
+            return False
+        if self.network is not None:
+            return ip.version == self.network.version and ip in self.network
+        return name is not None and self.name is not None and self.name.matches(name)
+
+
+def parse_entry(text: str) -> AllowEntry:
+    """Parse ``10.0.0.0/8``, ``10.1.2.3:443``, ``[fd00::/8]:443``, ``*.lab.example.com:8000-8999``.
+
+    Raises ValueError with a sentence naming the entry.
+    """
+    host, ports = text, ""
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0:
+            raise ValueError(f"allow entry {text!r}: missing ']'")
+        host, rest = text[1:end], text[end + 1 :]
+        if rest and not rest.startswith(":"):
+            raise ValueError(f"allow entry {text!r}: expected ':port' after ']'")
+        ports = rest[1:]
+    elif text.count(":") == 1:
+        host, ports = text.split(":")
+    lo, hi = 1, 65535
+    if ports:
+        m = _PORTS.fullmatch(ports)
+        if m is None:
+            raise ValueError(f"allow entry {text!r}: expected a port or a port range like 8000-8999")
+        lo = int(m["lo"])
+        hi = int(m["hi"]) if m["hi"] else lo
+        if not 1 <= lo <= hi <= 65535:
+            raise ValueError(f"allow entry {text!r}: ports must be within 1-65535, low to high")
+    try:
+        network = ipaddress.ip_network(host, strict=True)
+    except ValueError as exc:
+        if any(c.isdigit() for c in host) and ("/" in host or host.replace(".", "").isdigit() or ":" in host):
+            raise ValueError(f"allow entry {text!r}: {exc}") from exc
+        if host.startswith("~"):
+            raise ValueError(f"allow entry {text!r}: regular expressions are not allowed here") from exc
+        return AllowEntry(text, None, NameMatcher.parse(host), lo, hi)
+    return AllowEntry(text, network, None, lo, hi)
+
+
+def special_range(ip: IPAddress) -> str | None:
+    """Why ``ip`` is refused by default ("loopback", "private", ...), or None."""
+    for net, why in SPECIAL_RANGES:
+        if ip.version == net.version and ip in net:
+            return why
+    return None
+
+
+class DestPolicy:
+    """An ``allow`` list, checked against the IP actually dialled."""
+
+    __slots__ = ("entries",)
+
+    def __init__(self, entries: Iterable[AllowEntry]) -> None:
+        self.entries = tuple(entries)
+
+    @classmethod
+    def parse(cls, texts: Iterable[str]) -> DestPolicy:
+        """Build from config strings; ValueError names the first bad entry."""
+        return cls(parse_entry(t) for t in texts)
+
+    def check(self, name: str | None, ip: str, port: int) -> str | None:
+        """None when ``name`` resolved to ``ip`` may be dialled on ``port``; else why not."""
+        addr = ipaddress.ip_address(ip)
+        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+            addr = addr.ipv4_mapped
+        special = special_range(addr)
+        for entry in self.entries:
+            if not entry.matches(name, addr, port):
+                continue
+            if special is not None and entry.network is None:
+                continue  # a name pattern never opens loopback, private or metadata ranges
+            return None
+        where = f"{name} ({addr}:{port})" if name else f"{addr}:{port}"
+        if special is not None:
+            return f"{where} is {special}, and no allow entry lists its network"
+        return f"{where} is not in the allow list"

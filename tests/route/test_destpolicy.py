@@ -1,0 +1,67 @@
+"""Allow-lists for client-chosen destinations, checked on the IP actually dialled."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from portway.route.destpolicy import DestPolicy, parse_entry
+
+
+@pytest.mark.parametrize(
+    ("entries", "name", "ip", "port", "allowed"),
+    [
+        (["10.20.0.0/16"], "db.lab", "10.20.1.2", 5432, True),  # a network entry opens a private range
+        (["10.20.0.0/16"], "db.lab", "10.21.1.2", 5432, False),
+        (["*.lab.example.com"], "a.lab.example.com", "203.0.113.9", 443, True),
+        (["*.lab.example.com"], "a.lab.example.com", "10.0.0.9", 443, False),  # a name never opens private
+        (["*.lab.example.com"], "a.lab.example.com", "127.0.0.1", 443, False),  # ...nor loopback
+        (["*.lab.example.com"], "a.lab.example.com", "169.254.169.254", 80, False),  # ...nor metadata
+        (["*.lab.example.com:443"], "a.lab.example.com", "203.0.113.9", 8443, False),
+        (["*.lab.example.com:8000-8999"], "a.lab.example.com", "203.0.113.9", 8443, True),
+        (["127.0.0.1"], "localhost", "127.0.0.1", 80, True),  # a bare IP is a /32
+        (["127.0.0.1"], "localhost", "::ffff:127.0.0.1", 80, True),  # IPv4-mapped seen as IPv4
+        (["[fd00::/8]:443"], None, "fd00::1", 443, True),
+        (["[fd00::/8]:443"], None, "fd00::1", 80, False),
+        ([], "example.com", "203.0.113.9", 443, False),  # empty list allows nothing
+        (["db.internal"], "db.internal", "203.0.113.5", 5432, True),
+        (["db.internal"], "other.internal", "203.0.113.5", 5432, False),
+        (["0.0.0.0/0"], "x", "100.64.0.1", 80, True),  # a network entry can open anything, explicitly
+    ],
+)
+def test_check(entries: list[str], name: str | None, ip: str, port: int, allowed: bool) -> None:
+    why = DestPolicy.parse(entries).check(name, ip, port)
+    assert (why is None) is allowed, why
+
+
+def test_refusal_says_why() -> None:
+    why = DestPolicy.parse(["*.lab.example.com"]).check("a.lab.example.com", "127.0.0.1", 443)
+    assert why is not None and "loopback" in why and "a.lab.example.com" in why
+    why = DestPolicy.parse(["10.0.0.0/8"]).check("x.example", "203.0.113.1", 443)
+    assert why is not None and "not in the allow list" in why
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ("10.0.0.1/8", "host bits"),
+        ("10.0.0.0/8:99999", "within 1-65535"),
+        ("10.0.0.0/8:b", "port"),
+        ("[fd00::/8", "missing ']'"),
+        ("a.*.com", "a.*.com"),
+        ("~^x$", "regular expressions"),
+        ("db.internal:443-80", "low to high"),
+    ],
+)
+def test_bad_entries(text: str, words: str) -> None:
+    with pytest.raises(ValueError, match=r"allow entry|pattern") as info:
+        parse_entry(text)
+    assert words in str(info.value)
+
+
+@given(st.ip_addresses(), st.integers(1, 65535))
+def test_anything_is_a_decision(ip: object, port: int) -> None:
+    policy = DestPolicy.parse(["10.0.0.0/8", "*.example.com:443", "[fd00::/8]"])
+    result = policy.check("a.example.com", str(ip), port)
+    assert result is None or isinstance(result, str)
