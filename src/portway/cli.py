@@ -137,7 +137,6 @@ def _run(config: Config, args: argparse.Namespace) -> int:
         )
     for listener in config.listeners:
         binds = ", ".join(str(b) for b in listener.bind)
-        log.info(
-            "listener %s (%s) on %s -> backend %s", listener.name, listener.mode, binds, listener.backend
-        )
+        target = f"backend {listener.backend}" if listener.backend else f"{len(listener.routes)} routes"
+        log.info("listener %s (%s) on %s -> %s", listener.name, listener.mode, binds, target)
     return supervisor.main(config, args.config, pid_file=args.pid_file, workers=args.workers)

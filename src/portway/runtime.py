@@ -15,8 +15,11 @@ import os
 import socket
 from collections.abc import Callable
 
-from portway.config.model import BackendSpec, Config, HealthCheck
+from portway.config.model import BackendSpec, Config, HealthCheck, RouteSpec
 from portway.route.backend import Pool, Server, ServerHealth
+from portway.route.destpolicy import DestPolicy
+from portway.route.match import NameMatcher, Networks
+from portway.route.table import Route, RouteTable
 
 log = logging.getLogger("portway.health")
 
@@ -51,6 +54,28 @@ class Runtime:
                     Server(s.name, s.host, s.port, weight=s.weight, backup=s.backup, health=health)
                 )
             self.pools[spec.name] = Pool(spec.name, servers, spec.balance)
+        #: Route table of each listener that routes (sni), by listener name.
+        self.tables: dict[str, RouteTable] = {}
+        #: Destination policy of each dial-by-name route, by (listener, route).
+        self.policies: dict[tuple[str, str], DestPolicy] = {}
+        for listener in config.listeners:
+            if listener.routes:
+                self.tables[listener.name] = RouteTable(
+                    [self._route(listener.name, r) for r in listener.routes]
+                )
+
+    def _route(self, listener: str, r: RouteSpec) -> Route:
+        if r.dial is not None:
+            self.policies[(listener, r.name)] = DestPolicy.parse(r.allow)
+        return Route(
+            name=r.name,
+            match=NameMatcher.parse(r.match) if r.match is not None else None,
+            alpn=frozenset(r.alpn),
+            networks=Networks.parse(r.clients) if r.clients else None,
+            backend=r.backend,
+            dial=r.dial,
+            action=r.action,
+        )
 
     def find_server(self, backend: str, name: str) -> Server | None:
         """The server called ``name`` in ``backend``, if configured."""

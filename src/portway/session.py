@@ -37,8 +37,10 @@ class Session:
         "peer",
         "reason",
         "retries",
+        "route",
         "server",
         "server_addr",
+        "sni",
         "sniff_s",
         "start_mono",
         "start_wall",
@@ -60,6 +62,10 @@ class Session:
         self.frontend = frontend
         self.start_mono = start_mono
         self.start_wall = time.time()
+        #: The server name the connection was routed by (TLS SNI or HTTP Host), if any.
+        self.sni: str | None = None
+        #: The route that matched, for modes that route.
+        self.route: str | None = None
         self.backend: str | None = None
         self.server: str | None = None
         self.server_addr: tuple[str, int] | None = None

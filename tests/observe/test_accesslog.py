@@ -74,6 +74,8 @@ def test_json_line() -> None:
         "client": "10.1.2.3:51234",
         "peer": "10.1.2.3:51234",
         "frontend": "0.0.0.0:5432",
+        "sni": None,
+        "route": None,
         "backend": "postgres",
         "server": "pg1",
         "server_addr": "10.0.0.5:5432",

@@ -216,7 +216,7 @@ def test_default_routes_are_tried_after_named_routes_wherever_they_are() -> None
     assert backend_of(table.decide(Sniffed("other.org"))) == ("default", "web")
 
 
-def test_first_default_whose_conditions_hold() -> None:
+def test_routes_with_a_condition_but_no_match_are_rules_tried_in_order() -> None:
     table = RouteTable(
         [
             route("acme-default", None, alpn=["acme-tls/1"], backend="acme"),
@@ -228,7 +228,13 @@ def test_first_default_whose_conditions_hold() -> None:
     assert backend_of(table.decide(Sniffed("x.org", alpn=("acme-tls/1",)))) == ("acme-default", "acme")
     assert backend_of(table.decide(Sniffed(None, client_ip="10.0.0.9"))) == ("inside", "inside")
     assert backend_of(table.decide(Sniffed(None, client_ip="192.0.2.9"))) == ("default", "web")
-    assert backend_of(table.decide(Sniffed("app.example.com", alpn=("acme-tls/1",)))) == ("app", "app")
+    # The ALPN rule comes first, so an ACME client for app.example.com reaches the robot...
+    assert backend_of(table.decide(Sniffed("app.example.com", alpn=("acme-tls/1",)))) == (
+        "acme-default",
+        "acme",
+    )
+    # ...and an ordinary client for it reaches the app.
+    assert backend_of(table.decide(Sniffed("app.example.com"))) == ("app", "app")
 
 
 def test_default_conditions_unmet_without_a_name_is_no_sni() -> None:
@@ -358,7 +364,9 @@ def test_decide_returns_a_decision_or_a_refusal(sniffed: Sniffed, table: RouteTa
             assert result.backend == result.route.backend and result.dial_host is None
         else:
             assert result.backend is None and result.dial_host and result.dial_port
-            assert sniffed.name and result.dial_host.endswith(sniffed.name.lower())
+            route = result.route
+            assert sniffed.name
+            assert result.dial_host == route._dial_prefix + sniffed.name.lower() + route._dial_suffix
         if result.route.match is not None:
             assert sniffed.name and result.route.match.matches(sniffed.name)
     else:

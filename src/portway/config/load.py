@@ -58,11 +58,13 @@ from portway.config.model import (
     HealthCheck,
     Keepalive,
     KeepaliveDoc,
+    KeyedValueError,
     ListenerDoc,
     ListenerSpec,
     LogDoc,
     LogSpec,
     ProxyProtocolIn,
+    RouteDoc,
     ServerDoc,
     ServerSpec,
     TcpListenerDoc,
@@ -89,6 +91,7 @@ _SECTIONS: tuple[tuple[str, type[BaseModel]], ...] = (
     ("[log]", LogDoc),
     ("[defaults]", DefaultsDoc),
     ("[[listener]]", TcpListenerDoc),
+    ("[[listener.route]]", RouteDoc),
     ("[[backend]]", BackendDoc),
     ("a backend's servers", ServerDoc),
 )
@@ -422,6 +425,7 @@ def _resolve_listener(doc: ListenerDoc, defaults: DefaultsDoc) -> ListenerSpec:
         proxy_protocol=ProxyProtocolIn(
             accept=doc.proxy_protocol.accept, trusted=tuple(doc.proxy_protocol.trusted)
         ),
+        routes=doc.route_specs(),
     )
 
 
@@ -528,12 +532,29 @@ def _model_at(model: type[BaseModel], loc: Sequence[str | int]) -> type[BaseMode
     return None
 
 
+def _may_live_in(key: str, other: type[BaseModel], model: type[BaseModel]) -> bool:
+    """Whether to say that ``key``, unknown in ``model``, belongs in the section of ``other``.
+
+    A listener's keys depend on its mode, so another mode's listener keys are not
+    offered, nor route keys to a listener that has no routes; ``listener`` and
+    ``backend`` at the top level are arrays of tables, not keys to move.
+    """
+    if other is model or key not in other.model_fields or (other is DocumentDoc and key in _ARRAYS):
+        return False
+    if issubclass(model, ListenerDoc):
+        if issubclass(other, ListenerDoc):
+            return False
+        if other is RouteDoc and "route" not in model.model_fields:
+            return False
+    return True
+
+
 def _unknown_key(key: str, model: type[BaseModel] | None) -> str:
     message = f"unknown key {quote(key)}"
     if model is None:
         return message
     allowed = list(model.model_fields)
-    homes = [label for label, other in _SECTIONS if other is not model and key in other.model_fields]
+    homes = [label for label, other in _SECTIONS if _may_live_in(key, other, model)]
     if homes:
         return f"{message} (it belongs in {' or '.join(homes)})"
     hint = suggest(key, allowed)
@@ -573,9 +594,13 @@ def _translate(detail: ErrorDetails, model: type[BaseModel]) -> tuple[Loc, str]:
         return loc[:-1], _unknown_key(str(loc[-1]), _model_at(model, loc[:-1]))
     if kind in ("value_error", "assertion_error"):
         error = (detail.get("ctx") or {}).get("error")
+        if isinstance(error, KeyedValueError):
+            loc = loc + error.key
         return loc, str(error) if error is not None else f"invalid value {quote(found)}"
     if kind == "list_type" and len(loc) == 1 and loc[0] in _ARRAYS and isinstance(found, dict):
         return loc, f"expected an array of tables, got a table: write [[{loc[0]}]], not [{loc[0]}]"
+    if kind == "list_type" and loc[-1:] == ("route",) and isinstance(found, dict):
+        return loc, "expected an array of tables, got a table: write [[listener.route]], not [listener.route]"
     if kind in ("model_type", "dict_type") and len(loc) == 1 and isinstance(found, list):
         return loc, f"expected a table, got a list: write [{loc[0]}], not [[{loc[0]}]]"
     if kind in _TYPE_NAMES:

@@ -20,17 +20,19 @@ Strategy
 Modes
     A listener's ``mode`` selects its document class in :data:`LISTENER_MODES`.
     Every mode shares :class:`ListenerDoc` (name, bind, limits, timeouts, PROXY
-    protocol intake) and adds its own keys; ``tcp`` adds ``backend``. To add a mode,
+    protocol intake) and adds its own keys; ``tcp`` adds ``backend``, ``sni`` adds
+    ``route`` (``[[listener.route]]``, a list of :class:`RouteDoc`). To add a mode,
     subclass :class:`ListenerDoc`, override :meth:`ListenerDoc.backend_refs` so the
-    loader can check the backends it names, register it in :data:`LISTENER_MODES`
-    and remove it from :data:`PLANNED_MODES`. Routes (``[[listener.route]]``) will be
-    a ``route: list[RouteDoc]`` field on the modes that route.
+    loader can check the backends it names (and :meth:`ListenerDoc.route_specs` if
+    it routes), register it in :data:`LISTENER_MODES` and remove it from
+    :data:`PLANNED_MODES`.
 
 Value validators
     Scalars with rules (durations, addresses, names, choices, ranged integers) are
     checked by small ``BeforeValidator`` functions that raise :class:`ValueError`
     with the finished user message (``expected ..., got "..."``); the loader shows
-    that message unchanged.
+    that message unchanged. A check that spans several keys of a table raises
+    :class:`KeyedValueError` to say which key below the table the problem is at.
 """
 
 from __future__ import annotations
@@ -50,12 +52,15 @@ from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
+    Field,
     PrivateAttr,
     field_validator,
     model_validator,
 )
 
 from portway.config.units import format_hostport, parse_duration, parse_hostport
+from portway.route.match import NameMatcher, Networks
+from portway.route.table import Route
 
 __all__ = [
     "LISTENER_MODES",
@@ -76,14 +81,18 @@ __all__ = [
     "HealthCheckDoc",
     "Keepalive",
     "KeepaliveDoc",
+    "KeyedValueError",
     "ListenerDoc",
     "ListenerSpec",
     "LogDoc",
     "LogSpec",
     "ProxyProtocolDoc",
     "ProxyProtocolIn",
+    "RouteDoc",
+    "RouteSpec",
     "ServerDoc",
     "ServerSpec",
+    "SniListenerDoc",
     "TcpListenerDoc",
     "parse_bind",
     "quote",
@@ -242,16 +251,44 @@ class ProxyProtocolIn:
 
 
 @dataclass(frozen=True, slots=True)
+class RouteSpec:
+    """One ``[[listener.route]]`` of an ``sni`` listener, as written and validated.
+
+    Strings are kept as written: :meth:`portway.route.match.NameMatcher.parse`,
+    :meth:`portway.route.match.Networks.parse` and :class:`portway.route.table.Route`
+    accept every one of them.
+    """
+
+    name: str
+    """The ``name`` key, or ``"route[<index>]"`` (index in the listener, from 0); unique in the listener."""
+    match: str | None
+    """The server name pattern (exact, ``*.suffix`` or ``~regex``); ``None``: a default route."""
+    alpn: tuple[str, ...]
+    """If non-empty, the client must offer one of these ALPN protocols."""
+    clients: tuple[str, ...]
+    """If non-empty, the client IP must be in one of these CIDRs or IPs."""
+    backend: str | None
+    """Target: a backend (it exists in :attr:`Config.backends`); ``None`` for a dial route."""
+    dial: str | None
+    """Target: a dial template such as ``"{sni}:443"``; ``None`` for a backend route."""
+    allow: tuple[str, ...]
+    """Where a dial route's destination may be (never empty for a dial route, empty otherwise)."""
+    action: str
+    """``"passthrough"`` in this version."""
+
+
+@dataclass(frozen=True, slots=True)
 class ListenerSpec:
     """A listener with every default resolved."""
 
     name: str
     mode: str
-    """``"tcp"`` in this version."""
+    """``"tcp"`` or ``"sni"``."""
     bind: tuple[BindSpec, ...]
     """Never empty; no address appears twice across the whole config (port 0 aside)."""
     backend: str | None
-    """The backend a ``tcp`` listener forwards to (it exists in :attr:`Config.backends`)."""
+    """The backend a ``tcp`` listener forwards to (it exists in :attr:`Config.backends`);
+    ``None`` for an ``sni`` listener (its routes name theirs)."""
     max_connections: int
     """Live connections of this listener (split evenly over the workers); more wait in the backlog."""
     sniff_timeout: float
@@ -265,6 +302,8 @@ class ListenerSpec:
     backlog: int
     """The ``listen(2)`` backlog."""
     proxy_protocol: ProxyProtocolIn
+    routes: tuple[RouteSpec, ...] = ()
+    """An ``sni`` listener's routes in file order (never empty there); empty for ``tcp``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -555,6 +594,113 @@ def _keepalive(value: Any) -> Any:
     )
 
 
+class KeyedValueError(ValueError):
+    """A :class:`ValueError` about one key below the table being validated.
+
+    A model validator that checks several keys together raises it to place the
+    message on ``key`` (a path relative to the table, e.g. ``("allow",)`` or
+    ``(1, "name")``) instead of on the table itself; the loader appends ``key`` to
+    the error's location.
+    """
+
+    def __init__(self, key: tuple[str | int, ...], message: str) -> None:
+        """``message`` is the finished user message."""
+        super().__init__(message)
+        self.key = key
+
+
+def _server_name_pattern(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError(
+            'expected a server name pattern ("app.example.com", "*.example.com" or "~regex"), '
+            f"got {quote(value)}"
+        )
+    NameMatcher.parse(value)
+    return value
+
+
+def _client_network(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f'expected an IP address or a CIDR like "10.0.0.0/8", got {quote(value)}')
+    Networks.parse([value])
+    return value
+
+
+def _dial_template(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f'expected a dial template like "{{sni}}:443", got {quote(value)}')
+    try:
+        Route("", None, dial=value)
+    except ValueError as exc:
+        raise ValueError(str(exc).removeprefix("route '': ")) from None
+    return value
+
+
+_ALLOW_EXPECTED: Final = (
+    "expected a CIDR or IP address, or a host pattern (exact or *.suffix), "
+    'each optionally followed by :port or :port-port, like "10.20.0.0/16", "[fd00::/8]:443" '
+    'or "*.lab.example.com:8000-8999"'
+)
+_PORT_RANGE: Final = re.compile(r"(?P<low>[0-9]{1,5})(?:-(?P<high>[0-9]{1,5}))?", re.ASCII)
+_IP_LIKE: Final = re.compile(r"[0-9.]+(/.*)?|.*:.*|.*/.*", re.ASCII | re.DOTALL)
+
+
+def _allow_entry(value: Any) -> str:
+    """An ``allow`` entry: ``CIDR|IP|host pattern`` with an optional ``:port`` or ``:port-port``."""
+    if not isinstance(value, str):
+        raise ValueError(f"{_ALLOW_EXPECTED}, got {quote(value)}")
+    host, ports = value, ""
+    if value.startswith("["):
+        end = value.find("]")
+        rest = value[end + 1 :] if end > 0 else ""
+        if end < 0 or (rest and not rest.startswith(":")):
+            raise ValueError(f"{_ALLOW_EXPECTED}, got {quote(value)}")
+        host, ports = value[1:end], rest[1:]
+        if ":" not in host:
+            raise ValueError(f"only an IPv6 address or CIDR goes in brackets, got {quote(value)}")
+    elif value.count(":") == 1:
+        host, _, ports = value.partition(":")
+    if ports or value.endswith(":"):
+        match = _PORT_RANGE.fullmatch(ports)
+        low = int(match["low"]) if match else 0
+        high = int(match["high"] or low) if match else 0
+        if not 1 <= low <= high <= 65535:
+            raise ValueError(
+                f"expected :port or :port-port with ports from 1 to 65535, low to high, got {quote(value)}"
+            )
+    if _IP_LIKE.fullmatch(host):
+        try:
+            ipaddress.ip_network(host)
+        except ValueError:
+            try:
+                loose = ipaddress.ip_network(host, strict=False)
+            except ValueError:
+                hint = ' (write an IPv6 address with a port in brackets, as in "[fd00::/8]:443")'
+                raise ValueError(
+                    f"{_ALLOW_EXPECTED}, got {quote(value)}" + (hint if host.count(":") > 1 else "")
+                ) from None
+            raise ValueError(
+                f'expected a CIDR with no host bits set, got {quote(value)} (did you mean "{loose}"?)'
+            ) from None
+        return value
+    if host.startswith("~"):
+        raise ValueError(
+            f"expected an exact host name or a *.suffix pattern, got {quote(value)} "
+            "(regular expressions are not allowed in an allow-list)"
+        )
+    NameMatcher.parse(host)
+    return value
+
+
+def _action(value: Any) -> str:
+    if value == "terminate":
+        raise ValueError(
+            'action "terminate" is not available in this version of Portway '
+            '(TLS termination is planned; use "passthrough")'
+        )
+    return _choice("passthrough")(value)
+
+
 Duration = Annotated[float, BeforeValidator(_duration())]
 """A duration >= 0 ("0" allowed)."""
 PositiveDuration = Annotated[float, BeforeValidator(_duration(positive=True))]
@@ -687,6 +833,10 @@ class ListenerDoc(_Doc):
         """The backend a connection goes to when nothing else decides (tcp: the only one)."""
         return None
 
+    def route_specs(self) -> tuple[RouteSpec, ...]:
+        """The listener's routes in runtime form (none for a mode that does not route)."""
+        return ()
+
 
 class TcpListenerDoc(ListenerDoc):
     """``mode = "tcp"``: forward every connection to one backend."""
@@ -706,10 +856,110 @@ class TcpListenerDoc(ListenerDoc):
         return self.backend
 
 
-LISTENER_MODES: Final[Mapping[str, type[ListenerDoc]]] = FrozenMap({"tcp": TcpListenerDoc})
+class RouteDoc(_Doc):
+    """One ``[[listener.route]]`` of an ``sni`` listener.
+
+    Conditions (``match``, ``alpn``, ``clients``) and exactly one target:
+    ``backend``, or ``dial`` with its ``allow`` list.
+    """
+
+    name: Name | None = None
+    match: Annotated[str, BeforeValidator(_server_name_pattern)] | None = None
+    alpn: list[NonEmptyStr] = []
+    clients: list[Annotated[str, BeforeValidator(_client_network)]] = []
+    backend: Name | None = None
+    dial: Annotated[str, BeforeValidator(_dial_template)] | None = None
+    allow: list[Annotated[str, BeforeValidator(_allow_entry)]] | None = None
+    action: Annotated[str, BeforeValidator(_action)] = "passthrough"
+
+    @model_validator(mode="after")
+    def _one_target(self) -> RouteDoc:
+        if self.backend is not None and self.dial is not None:
+            raise ValueError(
+                'expected exactly one of "backend" (a [[backend]] to forward to) and "dial" '
+                "(dial the name itself), got both"
+            )
+        if self.backend is None and self.dial is None:
+            raise ValueError(
+                'missing the target: write backend = "<a [[backend]] name>", '
+                'or dial = "{sni}:443" with an allow-list'
+            )
+        if self.dial is not None and not self.allow:
+            raise KeyedValueError(
+                () if self.allow is None else ("allow",),
+                "dialling the name itself needs an allow-list: allow = [...] "
+                "(CIDRs, host patterns, optional :port or :port-port)",
+            )
+        if self.dial is None and self.allow is not None:
+            raise KeyedValueError(
+                ("allow",),
+                '"allow" applies only to a route that dials the name itself (dial = "{sni}:443"); '
+                "a backend route has no allow-list",
+            )
+        return self
+
+    def spec(self, index: int) -> RouteSpec:
+        """The runtime form of this route, the ``index``-th of its listener."""
+        return RouteSpec(
+            name=self.name if self.name is not None else f"route[{index}]",
+            match=self.match,
+            alpn=tuple(self.alpn),
+            clients=tuple(self.clients),
+            backend=self.backend,
+            dial=self.dial,
+            allow=tuple(self.allow or ()),
+            action=self.action,
+        )
+
+
+class SniListenerDoc(ListenerDoc):
+    """``mode = "sni"``: route TLS by the ClientHello's server name (not decrypted) and
+    plaintext HTTP by ``Host``, through ``[[listener.route]]`` tables."""
+
+    route: list[RouteDoc] = Field(default=[], validate_default=True)
+
+    @field_validator("route")
+    @classmethod
+    def _check_routes(cls, routes: list[RouteDoc]) -> list[RouteDoc]:
+        if not routes:
+            raise ValueError("expected at least one [[listener.route]]")
+        seen: dict[str, int] = {}
+        for index, route in enumerate(routes):
+            if route.name is None:
+                continue
+            if route.name in seen:
+                raise KeyedValueError(
+                    (index, "name"),
+                    f"route name {quote(route.name)} is already used by route[{seen[route.name]}];"
+                    " names must be unique within a listener",
+                )
+            seen[route.name] = index
+        return routes
+
+    @classmethod
+    def backend_refs(cls, entry: Mapping[str, Any]) -> list[tuple[tuple[str | int, ...], str]]:
+        """The ``backend`` of each route."""
+        routes = entry.get("route")
+        if not isinstance(routes, list):
+            return []
+        refs: list[tuple[tuple[str | int, ...], str]] = []
+        for index, route in enumerate(routes):
+            value = route.get("backend") if isinstance(route, dict) else None
+            if isinstance(value, str) and NAME_PATTERN.fullmatch(value):
+                refs.append((("route", index, "backend"), value))
+        return refs
+
+    def route_specs(self) -> tuple[RouteSpec, ...]:
+        """The routes, in file order."""
+        return tuple(route.spec(index) for index, route in enumerate(self.route))
+
+
+LISTENER_MODES: Final[Mapping[str, type[ListenerDoc]]] = FrozenMap(
+    {"tcp": TcpListenerDoc, "sni": SniListenerDoc}
+)
 """Modes this version implements, and the document class of each."""
 
-PLANNED_MODES: Final[tuple[str, ...]] = ("sni", "tls", "http-proxy", "gateway")
+PLANNED_MODES: Final[tuple[str, ...]] = ("tls", "http-proxy", "gateway")
 """Modes that are designed but not in this version: naming one is an error that says so."""
 
 

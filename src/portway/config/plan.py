@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from portway.config.model import BackendSpec, Config, Keepalive, ListenerSpec, ProxyProtocolIn
+from portway.config.model import BackendSpec, Config, Keepalive, ListenerSpec, ProxyProtocolIn, RouteSpec
 from portway.config.units import format_duration
 
 __all__ = ["render_plan"]
@@ -22,11 +22,13 @@ def render_plan(config: Config) -> str:
     """Render ``config`` as the effective plan, ending with a newline.
 
     The plan has a header block (workers, pid file, drain timeout, admin, logs),
-    then one block per listener and one per backend, in file order.
+    then one block per listener (with its routes, one a line, in order) and one
+    per backend, in file order.
     """
     blocks = [_render_global(config)]
     blocks.extend(_render_listener(listener) for listener in config.listeners)
     used = {listener.backend for listener in config.listeners}
+    used.update(route.backend for listener in config.listeners for route in listener.routes)
     blocks.extend(_render_backend(backend, backend.name in used) for backend in config.backends.values())
     return "\n\n".join(blocks) + "\n"
 
@@ -71,7 +73,7 @@ def _render_listener(listener: ListenerSpec) -> str:
     idle = format_duration(listener.idle_timeout) if listener.idle_timeout else "none"
     rows = [
         ("bind", ", ".join(str(bind) for bind in listener.bind)),
-        ("backend", listener.backend or "-"),
+        *([] if listener.routes else [("backend", listener.backend or "-")]),
         ("sniff timeout", format_duration(listener.sniff_timeout)),
         ("idle timeout", idle),
         ("max connections", str(listener.max_connections)),
@@ -80,7 +82,32 @@ def _render_listener(listener: ListenerSpec) -> str:
         ("relay", listener.relay),
         ("proxy protocol", _proxy_protocol(listener.proxy_protocol)),
     ]
-    return "\n".join([f"listener {listener.name} (mode {listener.mode})", *_rows(rows, _INDENT)])
+    return "\n".join(
+        [f"listener {listener.name} (mode {listener.mode})", *_rows(rows, _INDENT), *_routes(listener.routes)]
+    )
+
+
+def _routes(routes: Sequence[RouteSpec]) -> list[str]:
+    """One line per route: ``route <name>  <match>  <conditions>  -> <target>``, names and
+    patterns aligned."""
+    if not routes:
+        return []
+    matches = [route.match if route.match is not None else "(default)" for route in routes]
+    name_width = max(len(route.name) for route in routes)
+    match_width = max(len(match) for match in matches)
+    lines = []
+    for route, match in zip(routes, matches, strict=True):
+        cells = [f"route {route.name.ljust(name_width)}", match.ljust(match_width)]
+        if route.alpn:
+            cells.append("alpn=" + ",".join(route.alpn))
+        if route.clients:
+            cells.append("clients=" + ",".join(route.clients))
+        if route.backend is not None:
+            cells.append(f"-> backend {route.backend}")
+        else:
+            cells.append(f"-> dial {route.dial} allow {','.join(route.allow)}")
+        lines.append(_INDENT + "  ".join(cells))
+    return lines
 
 
 def _render_backend(backend: BackendSpec, used: bool) -> str:

@@ -6,9 +6,11 @@
 
 from __future__ import annotations
 
+from portway.modes.sni import SniConnection
 from portway.modes.tcp import TcpConnection
 from portway.net.listener import ConnectionFactory
 
 CONNECTION_CLASSES: dict[str, ConnectionFactory] = {
     "tcp": TcpConnection,
+    "sni": SniConnection,
 }

@@ -30,7 +30,7 @@ from portway.net.relay import Relay
 from portway.net.sniff import Sniff
 from portway.net.sockopt import peer_of, tune_dialed
 from portway.proto import proxyheader
-from portway.route.backend import Server
+from portway.route.backend import Pool, Server
 from portway.runtime import Runtime
 from portway.termination import Reason
 
@@ -143,12 +143,19 @@ class TcpConnection:
             self._crash(exc)
 
     def _route(self, prefix: bytes) -> None:
-        spec = self.spec
-        name = spec.backend
+        """Everything before routing is read; ``prefix`` is what must reach the server first."""
+        name = self.spec.backend
         assert name is not None
-        runtime = self.runtime
-        backend = runtime.backends[name]
-        self.session.backend = name
+        self._dial_backend(name, prefix)
+
+    def _dial_backend(self, name: str, prefix: bytes) -> None:
+        """Dial a server of the configured backend ``name``."""
+        backend = self.runtime.backends[name]
+        self._dial_pool(self.runtime.pools[name], backend.connect_timeout, backend.retries, prefix)
+
+    def _dial_pool(self, pool: Pool, timeout: float, retries: int, prefix: bytes) -> None:
+        """Dial a server of ``pool``, then relay with ``prefix`` sent first."""
+        self.session.backend = pool.name
         self.prefix = prefix
         loop = self.ctx.loop
         self.t_dial = loop.time()
@@ -156,10 +163,10 @@ class TcpConnection:
             loop,
             self.ctx.poller,
             self.ctx.wheel,
-            runtime.pools[name],
+            pool,
             self.session.client[0],
-            timeout=backend.connect_timeout,
-            retries=backend.retries,
+            timeout=timeout,
+            retries=retries,
             on_connected=self._on_connected,
             on_failed=self._on_dial_failed,
             on_attempt_failed=self._on_attempt_failed,
@@ -205,7 +212,8 @@ class TcpConnection:
             spec = self.spec
             tune_dialed(ssock, spec.keepalive)
             to_server = self.prefix
-            mode = self.runtime.backends[backend].send_proxy_protocol
+            backend_spec = self.runtime.backends.get(backend)
+            mode = backend_spec.send_proxy_protocol if backend_spec is not None else "off"
             if mode != "off":
                 dest = self.dest or peer_of(self.sock.getsockname())
                 build = proxyheader.build_v2 if mode == "v2" else proxyheader.build_v1

@@ -29,6 +29,7 @@ class Sniff:
     __slots__ = (
         "buf",
         "done",
+        "error",
         "limit",
         "need",
         "on_error",
@@ -54,6 +55,7 @@ class Sniff:
         timeout: float,
         on_result: ResultCallback,
         on_error: ErrorCallback,
+        initial: bytes = b"",
     ) -> None:
         self.poller = poller
         self.wheel = wheel
@@ -65,8 +67,11 @@ class Sniff:
         self.limit = limit
         self.on_result = on_result
         self.on_error = on_error
-        self.buf = bytearray()
+        #: Every byte read so far, starting with ``initial`` (bytes an earlier stage read).
+        self.buf = bytearray(initial)
         self.done = False
+        #: The parser's error, when it rejected the bytes (for an answer in the protocol's terms).
+        self.error: ProtocolError | None = None
         wheel.arm(self, timeout)
         poller.add_reader(sock.fileno(), self._on_readable)
 
@@ -85,6 +90,7 @@ class Sniff:
         try:
             result = self.parse(self.buf)
         except ProtocolError as exc:
+            self.error = exc
             self._fail(Reason.PROTOCOL_ERROR, f"bad {self.what}: {exc}")
             return
         if result is self.need:

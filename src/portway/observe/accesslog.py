@@ -117,6 +117,8 @@ def format_text(s: Session) -> str:
         f" sniff={_duration(s.sniff_s)} connect={_duration(s.connect_s)} total={_duration(s.total_s)}"
         f" retries={s.retries} {end}"
     )
+    if s.sni is not None or s.route is not None:
+        line += f" sni={s.sni or '-'} route={s.route or '-'}"
     if s.client != s.peer:
         line += f" peer={_addr(s.peer)}"
     if s.detail:
@@ -137,6 +139,8 @@ def format_json(s: Session) -> str:
         "client": _addr(s.client),
         "peer": _addr(s.peer),
         "frontend": _addr(s.frontend),
+        "sni": s.sni,
+        "route": s.route,
         "backend": s.backend,
         "server": s.server,
         "server_addr": _addr_or_none(s.server_addr),

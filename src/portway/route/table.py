@@ -8,16 +8,16 @@ Strategy:
 Rule 1. Pure. :meth:`RouteTable.decide` never raises, touches no socket and resolves no
         name: a dial route yields the host name and port to dial, and the I/O layer
         resolves it and applies the destination allow-list to the IP it dials.
-Rule 2. Named routes (``match`` set) are tried in configuration order and the first one
-        whose name pattern, ALPN condition and network condition all hold wins. Put
-        narrower routes first: an ``acme-tls/1`` route for ``*.example.com`` must come
+Rule 2. Rules are tried in configuration order, and the first whose conditions all hold
+        wins. A rule is a route with a ``match`` (name pattern), an ``alpn`` condition or a
+        ``clients`` network condition, or any of them together; a rule without ``match``
+        takes any name, or none. Put narrower rules first: an ``acme-tls/1`` rule must come
         before a plain ``*.example.com`` route, or the plain route takes the challenge.
-Rule 3. Default routes (no ``match``) are tried only when no named route won, in their
-        configuration order, wherever they appear in the list; the first one whose ALPN
-        and network conditions hold wins. A connection without a name (no SNI, no
-        ``Host``) can only be taken by a default route. If that route dials by name, the
-        connection is refused (there is nothing to dial); later default routes are not
-        tried, so the outcome never depends on a fall-through the config does not show.
+Rule 3. Default routes (no ``match`` and no condition) are tried only when no rule won, in
+        configuration order, wherever they appear in the list. A connection without a
+        name (no SNI, no ``Host``) can only be taken by a rule without ``match`` or a
+        default route; if that route dials by name, the connection is refused (there is
+        nothing to dial), with no fall-through the config does not show.
 Rule 4. Refusals carry the answer for both protocols (:data:`REFUSALS`):
 
         ==================  ============================  ==================  ====
@@ -179,8 +179,12 @@ class Route:
 
     @property
     def is_default(self) -> bool:
-        """Whether this is a default route (no ``match``)."""
-        return self.match is None
+        """Whether this is a default route: no ``match`` and no ALPN or network condition.
+
+        A route with a condition but no ``match`` (``alpn = ["acme-tls/1"]`` alone) is an
+        ordinary rule, tried in its place; only unconditional catch-alls wait until the end.
+        """
+        return self.match is None and not self.alpn and not self.networks
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,8 +250,8 @@ class RouteTable:
         entries = [
             (r, None if r.backend is None else Decision(r, r.backend, None, None)) for r in self.routes
         ]
-        self._named = tuple((r, r.match, d) for r, d in entries if r.match is not None)
-        self._defaults = tuple((r, d) for r, d in entries if r.match is None)
+        self._named = tuple((r, r.match, d) for r, d in entries if not r.is_default)
+        self._defaults = tuple((r, d) for r, d in entries if r.is_default)
 
     def decide(self, sniffed: Sniffed) -> Decision | Refusal:
         """Route one connection. Never raises."""
@@ -256,30 +260,30 @@ class RouteTable:
         keys: tuple[int, int] | None = None
         parsed = False
         pattern_matched: Route | None = None
-        if name is not None:
-            for route, matcher, decision in self._named:
-                if not matcher.matches(name):
-                    continue
-                if route.alpn and route.alpn.isdisjoint(alpn):
-                    pattern_matched = pattern_matched or route
-                    continue
-                networks = route.networks
-                if networks:
-                    if not parsed:
-                        keys, parsed = parse_ip(sniffed.client_ip), True
-                    if keys is None or not networks.contains_parsed(keys):
-                        pattern_matched = pattern_matched or route
-                        continue
-                return decision if decision is not None else self._dial(route, name, sniffed)
-        for route, decision in self._defaults:
+        for route, matcher, decision in self._named:
+            if matcher is not None and (name is None or not matcher.matches(name)):
+                continue
             if route.alpn and route.alpn.isdisjoint(alpn):
+                if matcher is not None:
+                    pattern_matched = pattern_matched or route
                 continue
             networks = route.networks
             if networks:
                 if not parsed:
                     keys, parsed = parse_ip(sniffed.client_ip), True
                 if keys is None or not networks.contains_parsed(keys):
+                    if matcher is not None:
+                        pattern_matched = pattern_matched or route
                     continue
+            if decision is not None:
+                return decision
+            if name is None:
+                return _refuse(
+                    "no_dial_name",
+                    f"{route.name} dials the client's server name, but the client sent no {_what(sniffed)}",
+                )
+            return self._dial(route, name, sniffed)
+        for route, decision in self._defaults:
             if decision is not None:
                 return decision
             if name is None:

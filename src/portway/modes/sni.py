@@ -1,0 +1,231 @@
+"""The sni mode: route TLS by the ClientHello's server name without decrypting; HTTP by Host.
+
+accept → [PROXY header] → sniff → route → dial → relay, as in the tcp mode, with a sniff that
+reads the first bytes: ``0x16`` starts a TLS handshake record and is read until the
+:mod:`ClientHello <portway.proto.clienthello>` is complete; anything else is read as an HTTP/1
+:mod:`request head <portway.proto.httphead>`. Either way every byte is kept and replayed to the
+server first, so the backend sees the client's own handshake or request.
+
+The listener's :class:`~portway.route.table.RouteTable` picks the route: a backend pool (with
+everything the tcp mode has), or "dial the name itself", where the name is resolved and the IP
+actually dialled must pass the route's ``allow`` list
+(:class:`~portway.route.destpolicy.DestPolicy`).
+
+Refusals are answered in the client's protocol before closing: a fatal TLS alert
+(``unrecognized_name``, ``handshake_failure``, or the parser's alert for a bad hello) or a short
+HTTP response (400, 404, 421...), and the access log records why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+
+from portway.context import Context
+from portway.modes.tcp import TcpConnection
+from portway.net.listener import Listener
+from portway.net.sniff import Sniff
+from portway.proto import clienthello, httphead
+from portway.route.backend import Pool, Server
+from portway.route.table import Decision, Refusal, Sniffed
+from portway.termination import Reason
+
+log = logging.getLogger("portway.sni")
+
+#: Largest ClientHello or HTTP request head read before routing.
+SNIFF_LIMIT = 65536
+#: Connect timeout when dialling a name (a route that dials has no backend to take it from).
+DIAL_TIMEOUT = 5.0
+#: The sniff parsers' "need more bytes", as one value for :class:`Sniff`.
+_NEED = object()
+
+_HTTP_REASONS = {
+    400: "Bad Request",
+    404: "Not Found",
+    414: "URI Too Long",
+    421: "Misdirected Request",
+    431: "Request Header Fields Too Large",
+    502: "Bad Gateway",
+    505: "HTTP Version Not Supported",
+}
+_ALERTS = {"unrecognized_name": 112, "handshake_failure": 40}
+
+
+def sniff_parse(data: bytearray) -> object:
+    """A ClientHello when the first byte says TLS, else an HTTP request head (or ``_NEED``)."""
+    if data[0] == 0x16:
+        hello = clienthello.parse(data, max_size=SNIFF_LIMIT)
+        return _NEED if hello is clienthello.NEED_DATA else hello
+    head = httphead.parse(data, max_head=SNIFF_LIMIT)
+    return _NEED if head is httphead.NEED_DATA else head
+
+
+def http_response(status: int, message: str) -> bytes:
+    """A short ``text/plain`` HTTP/1.1 answer that closes the connection."""
+    body = (message + "\n").encode("utf-8", "replace")
+    reason = _HTTP_REASONS.get(status, "Error")
+    head = (
+        f"HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+class SniConnection(TcpConnection):
+    """One client of an sni listener."""
+
+    __slots__ = ("is_tls", "resolving")
+
+    def __init__(
+        self,
+        ctx: Context,
+        listener: Listener,
+        sock: socket.socket,
+        peer: tuple[str, int],
+        frontend: tuple[str, int],
+    ) -> None:
+        self.is_tls = True
+        self.resolving: asyncio.Task[None] | None = None
+        super().__init__(ctx, listener, sock, peer, frontend)
+
+    # -- sniff ------------------------------------------------------------------------------
+    def _route(self, prefix: bytes) -> None:
+        """The PROXY header (if any) is done: read the ClientHello or the HTTP head."""
+        if prefix:
+            try:
+                result = sniff_parse(bytearray(prefix))
+            except (clienthello.ClientHelloError, httphead.HeadError) as exc:
+                self.is_tls = prefix[0] == 0x16
+                self._bad_input(exc)
+                return
+            if result is not _NEED:
+                self._on_sniffed(result, bytearray(prefix))
+                return
+        session = self.session
+        left = max(0.0, self.spec.sniff_timeout - (self.ctx.loop.time() - session.start_mono))
+        self.stage = Sniff(
+            self.ctx.poller,
+            self.ctx.wheel,
+            self.sock,
+            sniff_parse,
+            _NEED,
+            what="TLS ClientHello or HTTP request head",
+            limit=SNIFF_LIMIT,
+            timeout=left,
+            on_result=self._on_sniffed,
+            on_error=self._on_sniff_error,
+            initial=prefix,
+        )
+
+    def _on_sniff_error(self, reason: Reason, detail: str) -> None:
+        stage = self.stage
+        exc = getattr(stage, "error", None)
+        if isinstance(exc, (clienthello.ClientHelloError, httphead.HeadError)):
+            self._bad_input(exc)
+            return
+        self._end(reason, detail)
+
+    def _on_sniffed(self, result: object, data: bytearray) -> None:
+        try:
+            session = self.session
+            session.sniff_s = self.ctx.loop.time() - session.start_mono
+            self.ctx.stats.sniffed(session.listener, session.sniff_s)
+            if isinstance(result, clienthello.ClientHello):
+                self.is_tls = True
+                sniffed = Sniffed(result.server_name, result.alpn, session.client[0], "tls")
+            else:
+                assert isinstance(result, httphead.RequestHead)
+                self.is_tls = False
+                sniffed = Sniffed(result.host, (), session.client[0], "http")
+            session.sni = sniffed.name
+            table = self.runtime.tables[self.spec.name]
+            decision = table.decide(sniffed)
+            if isinstance(decision, Refusal):
+                self._refuse(decision)
+                return
+            session.route = decision.route.name
+            if decision.backend is not None:
+                self._dial_backend(decision.backend, bytes(data))
+            else:
+                self._dial_name(decision, bytes(data))
+        except Exception as exc:
+            self._crash(exc)
+
+    # -- answers ----------------------------------------------------------------------------
+    def _bad_input(self, exc: clienthello.ClientHelloError | httphead.HeadError) -> None:
+        if isinstance(exc, clienthello.ClientHelloError):
+            answer = clienthello.alert_record(int(exc.alert))
+        else:
+            answer = http_response(int(exc.hint or 400), str(exc))
+        self._answer_and_end(answer, Reason.PROTOCOL_ERROR, str(exc))
+
+    def _refuse(self, refusal: Refusal) -> None:
+        if self.is_tls:
+            answer = clienthello.alert_record(_ALERTS.get(refusal.alert, 40))
+        else:
+            answer = http_response(refusal.http_status, refusal.message)
+        self._answer_and_end(answer, Reason.REFUSED_BY_RULE, refusal.message)
+
+    def _answer_and_end(self, answer: bytes, reason: Reason, detail: str) -> None:
+        """Best effort: one non-blocking send, a half-close so it is read, then the end."""
+        stage = self.stage
+        if stage is not None and not isinstance(stage, Sniff):
+            self._end(reason, detail)
+            return
+        if isinstance(stage, Sniff):
+            stage.cancel()
+        self.stage = None
+        try:
+            self.sock.send(answer)
+            self.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+        self._end(reason, detail)
+
+    # -- dial by name -----------------------------------------------------------------------
+    def _dial_name(self, decision: Decision, prefix: bytes) -> None:
+        host, port = decision.dial_host, decision.dial_port
+        assert host is not None and port is not None
+        self.stage = None
+        self.resolving = self.ctx.loop.create_task(self._resolve_and_dial(decision, host, port, prefix))
+
+    async def _resolve_and_dial(self, decision: Decision, host: str, port: int, prefix: bytes) -> None:
+        try:
+            loop = self.ctx.loop
+            try:
+                infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            except OSError as exc:
+                self._refuse_dial(f"{host}: cannot resolve: {exc}")
+                return
+            self.resolving = None
+            if self.ended:
+                return
+            policy = self.runtime.policies[(self.spec.name, decision.route.name)]
+            sockaddr = infos[0][4]
+            why = policy.check(host, str(sockaddr[0]), port)
+            if why is not None:
+                self._refuse_dial(why)
+                return
+            server = Server(host, str(sockaddr[0]), port)
+            server.sockaddr = sockaddr
+            pool = Pool(f"dial:{decision.route.name}", [server])
+            self._dial_pool(pool, DIAL_TIMEOUT, 0, prefix)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self._crash(exc)
+
+    def _refuse_dial(self, why: str) -> None:
+        self.resolving = None
+        if self.ended:
+            return
+        refusal = Refusal("not_allowed", why, "handshake_failure", 502)
+        self._refuse(refusal)
+
+    def abort(self, reason: Reason, detail: str = "") -> None:
+        """End now, whatever the stage (also while a name is being resolved)."""
+        if self.resolving is not None:
+            self.resolving.cancel()
+            self.resolving = None
+        super().abort(reason, detail)
