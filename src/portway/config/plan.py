@@ -92,7 +92,10 @@ def _routes(routes: Sequence[RouteSpec]) -> list[str]:
     patterns aligned."""
     if not routes:
         return []
-    matches = [route.match if route.match is not None else "(default)" for route in routes]
+    matches = [
+        route.match if route.match is not None else "(any name)" if route.alpn or route.clients else "(default)"
+        for route in routes
+    ]
     name_width = max(len(route.name) for route in routes)
     match_width = max(len(match) for match in matches)
     lines = []
