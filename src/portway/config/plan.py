@@ -93,7 +93,11 @@ def _routes(routes: Sequence[RouteSpec]) -> list[str]:
     if not routes:
         return []
     matches = [
-        route.match if route.match is not None else "(any name)" if route.alpn or route.clients else "(default)"
+        route.match
+        if route.match is not None
+        else "(any name)"
+        if route.alpn or route.clients
+        else "(default)"
         for route in routes
     ]
     name_width = max(len(route.name) for route in routes)
