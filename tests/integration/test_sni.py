@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import signal
 import socket
 import ssl
 import subprocess
@@ -277,5 +278,37 @@ def test_dial_by_name_refuses_loopback_without_a_network_entry(tmp_path: Path, l
     try:
         _, back = roundtrip(port, b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
         assert b"backend t" in back
+    finally:
+        pw.stop()
+
+
+def test_proxy_header_then_hello_and_route_reload(
+    tmp_path: Path, lt: LoopThread, ca: trustme.CA, ca_file: str
+) -> None:
+    a = _https_backend(lt, ca, ["a.test"], b"a")
+    a2 = _https_backend(lt, ca, ["a.test"], b"a2")
+    port = free_port()
+    routes = '\n  [[listener.route]]\n  match = "a.test"\n  backend = "a"\n'
+    proxy = 'proxy_protocol = { accept = "required", trusted = ["127.0.0.1"] }'
+    conf = _config(port, {"a": a.port, "a2": a2.port}, routes).replace('sniff_timeout = "500ms"', proxy)
+    pw = Portway(tmp_path, conf).start()
+    try:
+        ctx = ssl.create_default_context(cafile=ca_file)
+
+        def fetch() -> bytes:
+            raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+            raw.sendall(b"PROXY TCP4 198.51.100.7 127.0.0.1 5555 443\r\n")  # a load balancer in front
+            with ctx.wrap_socket(raw, server_hostname="a.test") as tls:
+                tls.sendall(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n")
+                return tls.recv(4096)
+
+        assert fetch().endswith(b"backend a\n")
+        rec = pw.wait_access(lambda x: x)[0]
+        assert rec["client"] == "198.51.100.7:5555" and rec["sni"] == "a.test"
+        pw.path.write_text(conf.replace('backend = "a"\n', 'backend = "a2"\n'))
+        n = len(pw.log)
+        pw.signal(signal.SIGHUP)
+        pw.wait_for(r"reloaded .*generation 2", start=n)
+        assert fetch().endswith(b"backend a2\n")  # new connections follow the new routes
     finally:
         pw.stop()
