@@ -268,7 +268,7 @@ def test_dial_by_name_refuses_loopback_without_a_network_entry(tmp_path: Path, l
     pw = Portway(tmp_path, _config(port, {}, routes)).start()
     try:
         _, back = roundtrip(port, b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
-        assert back.startswith(b"HTTP/1.1 502 ")
+        assert back.startswith(b"HTTP/1.1 403 ")
         rec = pw.wait_access(lambda a: a)[0]
         assert rec["reason"] == "refused_by_rule" and "loopback" in rec["detail"]
         assert target.accepted == 0

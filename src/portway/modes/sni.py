@@ -42,6 +42,7 @@ _NEED = object()
 
 _HTTP_REASONS = {
     400: "Bad Request",
+    403: "Forbidden",
     404: "Not Found",
     414: "URI Too Long",
     421: "Misdirected Request",
@@ -196,7 +197,7 @@ class SniConnection(TcpConnection):
             try:
                 infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
             except OSError as exc:
-                self._refuse_dial(f"{host}: cannot resolve: {exc}")
+                self._refuse_dial(f"{host}: cannot resolve: {exc}", 502)
                 return
             self.resolving = None
             if self.ended:
@@ -205,7 +206,7 @@ class SniConnection(TcpConnection):
             sockaddr = infos[0][4]
             why = policy.check(host, str(sockaddr[0]), port)
             if why is not None:
-                self._refuse_dial(why)
+                self._refuse_dial(why, 403)
                 return
             server = Server(host, str(sockaddr[0]), port)
             server.sockaddr = sockaddr
@@ -216,11 +217,11 @@ class SniConnection(TcpConnection):
         except Exception as exc:
             self._crash(exc)
 
-    def _refuse_dial(self, why: str) -> None:
+    def _refuse_dial(self, why: str, http_status: int) -> None:
         self.resolving = None
         if self.ended:
             return
-        refusal = Refusal("not_allowed", why, "handshake_failure", 502)
+        refusal = Refusal("not_allowed", why, "handshake_failure", http_status)
         self._refuse(refusal)
 
     def abort(self, reason: Reason, detail: str = "") -> None:
