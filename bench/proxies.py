@@ -3,10 +3,15 @@
 Every proxy runs with one worker (one process or one thread doing the work), pinned to the proxy core,
 listening on 127.0.0.1 and forwarding to one upstream on 127.0.0.1. To add a proxy, subclass
 :class:`Proxy`, implement ``write_config`` and ``argv``, and add it to :func:`make_proxies`.
+
+A proxy runs in one of two modes, chosen by the scenario: ``tcp`` (plain forwarding to the upstream)
+or ``sni`` (TLS passthrough routed by the ClientHello's server name: ``self.sni`` is the one name
+routed to the upstream). ``modes`` says which a proxy supports (sniproxy has no plain tcp mode).
 """
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import textwrap
@@ -14,7 +19,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from proctree import Child, pin_tree, tree_pids, wait_listening
+from proctree import Child, StartError, pin_tree, tree_pids, wait_listening
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -43,10 +48,16 @@ class Proxy(ABC):
 
     name: str = ""
     description: str = ""
+    #: How it is configured in the sni scenarios (the report shows it when those ran).
+    sni_description: str = ""
+    #: The modes this proxy can run in: "tcp" and/or "sni".
+    modes: tuple[str, ...] = ("tcp", "sni")
 
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
         self.child: Child | None = None
+        #: The server name routed to the upstream when started in sni mode, else None (tcp mode).
+        self.sni: str | None = None
 
     # -- to implement -------------------------------------------------------------------------
 
@@ -68,8 +79,13 @@ class Proxy(ABC):
 
     # -- common -------------------------------------------------------------------------------
 
-    def start(self, listen_port: int, upstream_port: int, tag: str) -> None:
-        """Start the proxy, wait until it accepts connections, and pin its whole tree to the proxy core."""
+    def start(self, listen_port: int, upstream_port: int, tag: str, sni: str | None = None) -> None:
+        """Start the proxy, wait until it accepts connections, and pin its whole tree to the proxy core.
+
+        With ``sni`` the proxy runs in sni mode: TLS passthrough, routing only that server name to
+        the upstream.
+        """
+        self.sni = sni
         rundir = self.ctx.workdir / f"{self.name}-{tag}"
         rundir.mkdir(parents=True, exist_ok=True)
         config = self.write_config(listen_port, upstream_port, rundir)
@@ -109,6 +125,10 @@ class Portway(Proxy):
         self.relay = relay
         self.name = "portway" if relay == "auto" else f"portway-{relay}"
         self.description = f'Portway, workers = 1, relay = "{relay}"'
+        self.sni_description = (
+            'Portway mode = "sni", one [[listener.route]] match = "localhost", '
+            f'workers = 1, relay = "{relay}"'
+        )
 
     def unavailable(self) -> str | None:
         cmd = [*self.ctx.portway_cmd, "run", "--help"]
@@ -136,10 +156,28 @@ class Portway(Proxy):
         return f"{line} (git {head or 'unknown'})"
 
     def write_config(self, listen_port: int, upstream_port: int, rundir: Path) -> Path:
+        if self.sni:
+            listener = f"""\
+                mode = "sni"
+                bind = "127.0.0.1:{listen_port}"
+                max_connections = 100000
+                relay = "{self.relay}"
+                  [[listener.route]]
+                  match = "{self.sni}"
+                  backend = "origin"
+                """
+        else:
+            listener = f"""\
+                mode = "tcp"
+                bind = "127.0.0.1:{listen_port}"
+                backend = "origin"
+                max_connections = 100000
+                relay = "{self.relay}"
+                """
         path = rundir / "portway.toml"
         path.write_text(
             textwrap.dedent(
-                f"""\
+                """\
                 workers = 1
                 [admin]
                 listen = "off"
@@ -150,11 +188,11 @@ class Portway(Proxy):
                 keepalive = false     # like the peers (no tcpka / proxy_socket_keepalive off)
                 [[listener]]
                 name = "bench"
-                mode = "tcp"
-                bind = "127.0.0.1:{listen_port}"
-                backend = "origin"
-                max_connections = 100000
-                relay = "{self.relay}"
+                """
+            )
+            + textwrap.dedent(listener)
+            + textwrap.dedent(
+                f"""\
                 [[backend]]
                 name = "origin"
                 servers = [{{ address = "127.0.0.1:{upstream_port}" }}]
@@ -187,6 +225,11 @@ class HAProxy(Proxy):
         self.description = "HAProxy mode tcp, nbthread 1" + (
             ", option splice-request + splice-response" if splice else ", no splice"
         )
+        self.sni_description = (
+            "HAProxy mode tcp, nbthread 1, tcp-request inspect-delay 5s + content accept if "
+            "{ req_ssl_hello_type 1 }, use_backend if { req.ssl_sni -i localhost }"
+            + (", option splice-request + splice-response" if splice else ", no splice")
+        )
 
     def unavailable(self) -> str | None:
         return None if shutil.which("haproxy") else "haproxy not installed (run bench/setup.sh)"
@@ -197,6 +240,13 @@ class HAProxy(Proxy):
     def write_config(self, listen_port: int, upstream_port: int, rundir: Path) -> Path:
         maxconn = (self.ctx.fd_limit - 2 * self.MAXPIPES - 200) // 2
         splice = "    option splice-request\n    option splice-response\n" if self.splice else ""
+        if self.sni:
+            route = f"""    tcp-request inspect-delay 5s
+    tcp-request content accept if {{ req_ssl_hello_type 1 }}
+    use_backend origin if {{ req.ssl_sni -i {self.sni} }}
+"""
+        else:
+            route = "    default_backend origin\n"
         path = rundir / "haproxy.cfg"
         path.write_text(
             f"""global
@@ -213,8 +263,7 @@ defaults
 frontend bench
     bind 127.0.0.1:{listen_port}
     maxconn {maxconn}
-    default_backend origin
-
+{route}
 backend origin
     server s1 127.0.0.1:{upstream_port}
 """
@@ -258,6 +307,9 @@ class Nginx(Proxy):
 
     name = "nginx"
     description = "nginx stream proxy_pass, worker_processes 1"
+    sni_description = (
+        "nginx stream ssl_preread on, map $ssl_preread_server_name → proxy_pass $up, worker_processes 1"
+    )
 
     def unavailable(self) -> str | None:
         if not shutil.which("nginx"):
@@ -272,15 +324,23 @@ class Nginx(Proxy):
     def write_config(self, listen_port: int, upstream_port: int, rundir: Path) -> Path:
         module = nginx_stream_module()
         load = f"load_module {module};\n" if module else ""
+        if self.sni:
+            route_map = f"""    map $ssl_preread_server_name $up {{
+        {self.sni} 127.0.0.1:{upstream_port};
+    }}
+"""
+            route = "        ssl_preread on;\n        proxy_pass $up;\n"
+        else:
+            route_map = ""
+            route = f"        proxy_pass 127.0.0.1:{upstream_port};\n"
         path = rundir / "nginx.conf"
         path.write_text(
             load
             + nginx_common(rundir, self.ctx.fd_limit - 100, self.ctx.fd_limit)
             + f"""stream {{
-    server {{
+{route_map}    server {{
         listen 127.0.0.1:{listen_port};
-        proxy_pass 127.0.0.1:{upstream_port};
-        proxy_timeout 1h;
+{route}        proxy_timeout 1h;
     }}
 }}
 """
@@ -299,6 +359,56 @@ def _nginx_configure_args() -> str:
     return out.stderr + " "
 
 
+# ------------------------------------------------------------------------------------ sniproxy
+
+
+class Sniproxy(Proxy):
+    """sniproxy (dlundquist), one process (libev loop), TLS listener with one table entry.
+
+    sniproxy only proxies TLS (by SNI) and HTTP (by Host), so it runs in the sni scenarios only.
+    ``-f`` keeps it in the foreground without dropping privileges.
+    """
+
+    name = "sniproxy"
+    description = "sniproxy, sni scenarios only"
+    sni_description = "sniproxy listener proto tls, table ^localhost$ → origin, one process (-f)"
+    modes = ("sni",)
+
+    def unavailable(self) -> str | None:
+        return None if shutil.which("sniproxy") else "sniproxy not installed (run bench/setup.sh)"
+
+    def version(self) -> str:
+        return _first_line(["sniproxy", "-V"])
+
+    def write_config(self, listen_port: int, upstream_port: int, rundir: Path) -> Path:
+        if not self.sni:
+            raise StartError("sniproxy only runs in sni mode")
+        pattern = "^" + re.escape(self.sni) + "$"  # table entries are regular expressions
+        path = rundir / "sniproxy.conf"
+        path.write_text(
+            f"""pidfile {rundir}/sniproxy.pid
+
+error_log {{
+    filename {rundir}/error.log
+    priority warning
+}}
+
+listener 127.0.0.1:{listen_port} {{
+    protocol tls
+    table bench
+}}
+
+table bench {{
+    {pattern} 127.0.0.1:{upstream_port}
+}}
+"""
+        )
+        return path
+
+    def argv(self, config: Path, rundir: Path) -> list[str]:
+        return ["sniproxy", "-f", "-n", str(self.ctx.fd_limit), "-c", str(config)]
+
+
 def make_proxies(ctx: Context) -> dict[str, Proxy]:
     """Every known proxy, by name, in report order."""
     proxies: list[Proxy] = [
@@ -307,5 +417,6 @@ def make_proxies(ctx: Context) -> dict[str, Proxy]:
         HAProxy(ctx, splice=False),
         HAProxy(ctx, splice=True),
         Nginx(ctx),
+        Sniproxy(ctx),
     ]
     return {p.name: p for p in proxies}

@@ -8,7 +8,8 @@ from typing import Any
 
 from scenarios import Measured, Metric, Scenario
 
-#: Proxies every other proxy is compared against, run by run.
+#: Proxies every other proxy is compared against, run by run (unless the scenario names its own:
+#: the sni scenarios compare with HAProxy without splice, the reference of their floors).
 REFERENCES = ("haproxy-splice", "nginx")
 
 #: runs[proxy] = one Measured per round (None when that round failed).
@@ -19,7 +20,9 @@ def _values(runs: list[Measured | None], key: str) -> list[float | None]:
     return [m.values.get(key) if m is not None else None for m in runs]
 
 
-def summarize_metric(metric: Metric, runs: Runs, proxies: Sequence[str]) -> dict[str, Any]:
+def summarize_metric(
+    metric: Metric, runs: Runs, proxies: Sequence[str], references: Sequence[str] = REFERENCES
+) -> dict[str, Any]:
     """Per proxy: the per-run values, median/min/max, and median paired ratios against the references."""
     out: dict[str, Any] = {}
     for proxy in proxies:
@@ -29,7 +32,7 @@ def summarize_metric(metric: Metric, runs: Runs, proxies: Sequence[str]) -> dict
         if got:
             entry.update(median=statistics.median(got), min=min(got), max=max(got))
         ratios: dict[str, Any] = {}
-        for ref in REFERENCES:
+        for ref in references:
             if ref == proxy or ref not in runs or not metric.ratio:
                 continue
             pairs = [
@@ -51,8 +54,10 @@ def summarize(
     doc: dict[str, Any] = {}
     for scen in scenarios:
         runs = results.get(scen.name, {})
+        refs = getattr(scen, "references", REFERENCES)
         doc[scen.name] = {
             "title": scen.title,
+            "references": list(refs),
             "metrics": [
                 {
                     "key": m.key,
@@ -60,7 +65,7 @@ def summarize(
                     "unit": m.unit,
                     "better": m.better,
                     "digits": m.digits,
-                    "proxies": summarize_metric(m, runs, proxies),
+                    "proxies": summarize_metric(m, runs, proxies, refs),
                 }
                 for m in scen.metrics()
             ],
@@ -92,12 +97,12 @@ def _ratio(entry: dict[str, Any] | None) -> str:
     return text
 
 
-def ratio_columns(proxies: Sequence[str]) -> list[tuple[str, str]]:
+def ratio_columns(proxies: Sequence[str], references: Sequence[str] = REFERENCES) -> list[tuple[str, str]]:
     """(subject, reference) pairs to show: Portway variants if present, else every peer."""
     subjects = [p for p in proxies if p.startswith("portway")] or list(proxies)
     pairs: list[tuple[str, str]] = []
     for s in subjects:
-        for r in REFERENCES:
+        for r in references:
             if r != s and r in proxies and (r, s) not in pairs:
                 pairs.append((s, r))
     return pairs
@@ -113,7 +118,8 @@ def markdown(doc: dict[str, Any]) -> str:
         f"- command: `{meta['command']}`",
         f"- machine: {meta['cpus']} CPUs ({meta['cpu_model']}), kernel {meta['kernel']}; "
         f"proxy on core {meta['proxy_core']}, load generators and backends on core {meta['load_core']}",
-        f"- {meta['runs']} run(s) per proxy, interleaved; {meta['duration']:g} s per iperf3/wrk run; "
+        f"- {meta['runs']} run(s) per proxy, interleaved; {meta['duration']:g} s per iperf3/wrk run "
+        f"(wrk -t1 -c{meta.get('wrk_connections', 50)}); "
         f"RLIMIT_NOFILE {meta['fd_limit']}",
     ]
     lines += [f"- {name}: {meta['descriptions'][name]} — {meta['versions'][name]}" for name in proxies]
@@ -122,8 +128,8 @@ def markdown(doc: dict[str, Any]) -> str:
         "Cells: median of the runs (min–max); ↑ higher is better, ↓ lower is better. Ratios: median of "
         "the per-round ratios, this proxy's value ÷ the reference's value in the same round (min–max).",
     ]
-    pairs = ratio_columns(proxies)
     for scen in doc["scenarios"].values():
+        pairs = ratio_columns(proxies, scen.get("references", REFERENCES))
         lines += ["", f"#### {scen['title']}", ""]
         lines.append("| metric | " + " | ".join(proxies) + " |")
         lines.append("|---|" + "---:|" * len(proxies))

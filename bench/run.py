@@ -1,14 +1,17 @@
 #!/usr/bin/env python3
-"""Portway benchmark harness: Portway against HAProxy and nginx on loopback.
+"""Portway benchmark harness: Portway against HAProxy and nginx (and sniproxy) on loopback.
 
 Each proxy runs with one worker pinned to the proxy core; load generators and backends run on the
 load core. Scenarios (see ``scenarios.py``): ``bulk`` (iperf3), ``short`` (wrk, one connection per
-request) and ``idle`` (RSS per held connection). Each scenario × proxy runs ``--runs`` times with the
-proxies interleaved per round, so that ratios can be paired round by round. A Markdown report goes to
-stdout, the full data to ``bench/results/<timestamp>.json``, progress to stderr.
+request) and ``idle`` (RSS per held connection) run by default; ``sni-new`` and ``sni-keepalive``
+(wrk over HTTPS through SNI passthrough, new TLS connections or keep-alive requests) on request. Each
+scenario × proxy runs ``--runs`` times with the proxies interleaved per round, so that ratios can be
+paired round by round. A Markdown report goes to stdout, the full data to
+``bench/results/<timestamp>.json``, progress to stderr.
 
     python bench/run.py --quick                                   # smoke check
     python bench/run.py --proxies haproxy,haproxy-splice,nginx    # peers only, 3 runs
+    python bench/run.py --scenarios sni-new,sni-keepalive         # SNI passthrough, sniproxy included
 """
 
 from __future__ import annotations
@@ -30,22 +33,35 @@ from types import FrameType
 from typing import Any
 
 from proctree import StartError, free_port, stop_all
-from proxies import REPO, Context, Proxy, make_proxies
+from proxies import REPO, Context, Proxy, Sniproxy, make_proxies
 from report import Runs, markdown, summarize
-from scenarios import Bulk, Idle, Measured, Scenario, Settings, Short
+from scenarios import Bulk, Idle, Measured, Scenario, Settings, Short, SniKeepalive, SniNew
 
 HERE = Path(__file__).resolve().parent
-SCENARIOS: dict[str, type[Scenario]] = {"bulk": Bulk, "short": Short, "idle": Idle}
-ALL_PROXIES = ["portway", "portway-copy", "haproxy", "haproxy-splice", "nginx"]
+SCENARIOS: dict[str, type[Scenario]] = {
+    "bulk": Bulk,
+    "short": Short,
+    "idle": Idle,
+    "sni-new": SniNew,
+    "sni-keepalive": SniKeepalive,
+}
+#: What runs without --scenarios (the sni scenarios are asked for by name).
+DEFAULT_SCENARIOS = ["bulk", "short", "idle"]
+ALL_PROXIES = ["portway", "portway-copy", "haproxy", "haproxy-splice", "nginx", "sniproxy"]
+#: The modes ("tcp", "sni") each proxy supports, to pick the default --proxies for the scenarios.
+PROXY_MODES = {name: Sniproxy.modes if name == "sniproxy" else Proxy.modes for name in ALL_PROXIES}
 
 #: Tools needed per scenario and per proxy (portway is checked separately and skipped if absent).
 TOOLS_FOR: dict[str, list[str]] = {
     "bulk": ["iperf3"],
     "short": ["wrk", "nginx"],
     "idle": [],
+    "sni-new": ["wrk", "nginx", "openssl"],
+    "sni-keepalive": ["wrk", "nginx", "openssl"],
     "haproxy": ["haproxy"],
     "haproxy-splice": ["haproxy"],
     "nginx": ["nginx"],
+    "sniproxy": ["sniproxy"],
 }
 
 
@@ -87,14 +103,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument(
         "--scenarios",
         type=csv(list(SCENARIOS)),
-        default=",".join(SCENARIOS),
-        help="comma-separated subset of: %(default)s (default: all)",
+        default=",".join(DEFAULT_SCENARIOS),
+        help=f"comma-separated subset of: {','.join(SCENARIOS)} (default: %(default)s)",
     )
     p.add_argument(
         "--proxies",
         type=csv(ALL_PROXIES),
-        default=",".join(ALL_PROXIES),
-        help="comma-separated subset of: %(default)s (default: all; portway is skipped with a "
+        default=None,
+        help=f"comma-separated subset of: {','.join(ALL_PROXIES)} (default: every proxy that supports "
+        "one of the scenarios, i.e. sniproxy only with an sni scenario; portway is skipped with a "
         "note if it cannot run)",
     )
     p.add_argument(
@@ -185,6 +202,17 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def describe(proxy: Proxy, scenarios: list[str]) -> str:
+    """How ``proxy`` is configured in the selected scenarios (tcp and/or sni mode)."""
+    kinds = {SCENARIOS[name].kind for name in scenarios} & set(proxy.modes)
+    parts = []
+    if "tcp" in kinds:
+        parts.append(proxy.description)
+    if "sni" in kinds:
+        parts.append(("sni scenarios: " if "tcp" in kinds else "") + proxy.sni_description)
+    return "; ".join(parts) or proxy.description
+
+
 def _on_signal(signum: int, _frame: FrameType | None) -> None:
     """SIGTERM/SIGHUP end the run like Ctrl-C: unwind, stop every child, exit 130."""
     raise KeyboardInterrupt(f"signal {signum}")
@@ -199,19 +227,24 @@ def run_scenario(
     notes; a proxy that fails to start is skipped (``broken``) for the rest of the run.
     """
     results: Runs = {p.name: [] for p in proxies}
+    for proxy in proxies:
+        if scen.kind not in proxy.modes:
+            notes.append(f"{proxy.name} does not run the {scen.name} scenario (it has no {scen.kind} mode)")
+    proxies_here = [p for p in proxies if scen.kind in p.modes]
+    sni = scen.sni_name if scen.kind == "sni" else None
     scen.setup()
     try:
         for rnd in range(1, runs + 1):
             merged = {p.name: Measured() for p in proxies}
             for case in scen.cases():
-                for proxy in proxies:
+                for proxy in proxies_here:
                     if proxy.name in broken:
                         continue
                     port = free_port()
                     log(f"{scen.name} round {rnd}/{runs} {case}: {proxy.name} on :{port}")
                     failure = None
                     try:
-                        proxy.start(port, scen.upstream_port, tag=f"{scen.name}-{rnd}-{case}")
+                        proxy.start(port, scen.upstream_port, tag=f"{scen.name}-{rnd}-{case}", sni=sni)
                         measured = scen.measure(proxy, port, case)
                     except StartError as exc:
                         failure = f"{proxy.name}: failed to start, skipped from here on: {exc}"
@@ -239,6 +272,9 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status."""
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
+    if args.proxies is None:
+        kinds = {SCENARIOS[name].kind for name in args.scenarios}
+        args.proxies = [name for name, cls in PROXY_MODES.items() if kinds & set(cls)]
 
     missing = missing_tools(args.scenarios, [p for p in args.proxies if not p.startswith("portway")])
     if missing:
@@ -275,10 +311,11 @@ def main(argv: list[str] | None = None) -> int:
     idle_counts = []
     for n in args.idle:
         if n > cap:
-            notes.append(
-                f"idle N={n:,} clamped to {cap:,}: the RLIMIT_NOFILE hard limit is {fd_limit} and a "
-                "proxy needs 2 fds per proxied connection plus spare ones"
-            )
+            if "idle" in args.scenarios:  # the note only matters when the idle scenario runs
+                notes.append(
+                    f"idle N={n:,} clamped to {cap:,}: the RLIMIT_NOFILE hard limit is {fd_limit} and a "
+                    "proxy needs 2 fds per proxied connection plus spare ones"
+                )
             n = cap
         if n not in idle_counts:
             idle_counts.append(n)
@@ -316,6 +353,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         log("interrupted; cleaning up")
         return 130
+    except StartError as exc:  # a backend (origin, holder) did not start
+        failures.append(str(exc))
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     finally:
         stop_all()
         if args.keep_workdir or failures:
@@ -339,7 +380,7 @@ def main(argv: list[str] | None = None) -> int:
             "fd_limit": fd_limit,
             "proxies": [p.name for p in proxies],
             "versions": {p.name: p.version() for p in proxies},
-            "descriptions": {p.name: p.description for p in proxies},
+            "descriptions": {p.name: describe(p, args.scenarios) for p in proxies},
         },
         "notes": notes,
         "scenarios": summarize(scenarios, results, [p.name for p in proxies]),

@@ -62,6 +62,12 @@ class Scenario(ABC):
 
     name: str = ""
     title: str = ""
+    #: "tcp": the proxies forward plain TCP; "sni": they route TLS by server name (see proxies.py).
+    kind = "tcp"
+    #: The server name the proxies route in sni scenarios (None for tcp ones).
+    sni_name: str | None = None
+    #: The proxies every other proxy is compared against, run by run.
+    references: tuple[str, ...] = ("haproxy-splice", "nginx")
 
     def __init__(self, settings: Settings) -> None:
         self.s = settings
@@ -408,3 +414,176 @@ class Idle(Scenario):
         if left:
             raise RuntimeError(f"{left} backend connections still open 60 s after the clients closed")
         return base, after
+
+
+# ------------------------------------------------------------------------------------ sni
+
+
+#: wrk --latency prints "Latency Distribution" then lines like "     99%    5.67ms".
+WRK_P99 = re.compile(r"^\s*99%\s+([\d.]+)(us|ms|s|m)\s*$", re.MULTILINE)
+WRK_UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}
+
+
+class SniScenario(Scenario):
+    """wrk over HTTPS (SNI ``localhost``) through the proxy in sni mode to an nginx HTTPS origin.
+
+    The proxy routes by the ClientHello's server name and passes the TLS stream on undecrypted; the
+    origin terminates TLS with a self-signed P-256 certificate for ``localhost``. The proxies are
+    compared with HAProxy (``req.ssl_sni``) without splice as the first reference.
+    """
+
+    kind = "sni"
+    references: tuple[str, ...] = ("haproxy", "nginx")
+    #: The server name wrk sends (it is the URL's host) and the one name the proxies route.
+    sni_name = "localhost"
+    #: wrk -H 'Connection: close' (one connection per request) or not (keep-alive).
+    close = False
+    rate_key, rate_label, rate_unit = "", "", ""
+    per = ""
+
+    def metrics(self) -> list[Metric]:
+        return [
+            Metric(self.rate_key, self.rate_label, self.rate_unit, "higher", 0),
+            Metric("p99_ms", "p99 latency (wrk --latency)", "ms", "lower", 2),
+            Metric("cpu_ms_per_1k", f"proxy CPU per 1,000 {self.per}", "ms", "lower", 1),
+            Metric("busy", "proxy core busy", "%", "", 0, ratio=False),
+            Metric(
+                "socket_errors",
+                "wrk socket errors (connect+read+write+timeout)",
+                "count",
+                "lower",
+                0,
+                ratio=False,
+            ),
+            Metric("non_2xx", "wrk non-2xx/3xx responses", "count", "lower", 0, ratio=False),
+        ]
+
+    def setup(self) -> None:
+        self._check_resolves_to_ipv4_loopback()
+        rundir = self.s.workdir / f"tls-origin-{self.name}"
+        rundir.mkdir(parents=True, exist_ok=True)
+        cert, key = rundir / "cert.pem", rundir / "key.pem"
+        openssl = [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "1",
+        ]
+        openssl += ["-subj", f"/CN={self.sni_name}", "-addext", f"subjectAltName=DNS:{self.sni_name}"]
+        out = subprocess.run(
+            [*openssl, "-keyout", str(key), "-out", str(cert)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        if out.returncode != 0:
+            raise StartError(f"openssl req failed: {out.stderr.strip()[:300]}")
+        conf = rundir / "nginx.conf"
+        temps = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+        temp = "\n".join(f"    {name}_temp_path {rundir}/{name};" for name in temps)
+        conf.write_text(
+            nginx_common(rundir, 4096, 8192)
+            + f"""http {{
+    access_log off;
+{temp}
+    keepalive_requests 100000;
+    server {{
+        listen 127.0.0.1:{self.upstream_port} ssl backlog=4096;
+        server_name {self.sni_name};
+        ssl_certificate {cert};
+        ssl_certificate_key {key};
+        ssl_protocols TLSv1.2 TLSv1.3;  # nginx < 1.23.4 would stop at TLS 1.2 by default
+        location / {{
+            return 200 "ok\\n";
+        }}
+    }}
+}}
+"""
+        )
+        self.backend = Child(
+            f"nginx-tls-origin-{self.name}",
+            ["nginx", "-p", f"{rundir}/", "-e", str(rundir / "error.log"), "-c", str(conf)],
+            core=self.s.load_core,
+            log=rundir / "output.log",
+        )
+        wait_listening(self.upstream_port, self.backend)
+
+    def _check_resolves_to_ipv4_loopback(self) -> None:
+        """wrk connects to the first address of the URL's host: it must be 127.0.0.1 (the proxies
+        listen on IPv4 loopback only)."""
+        try:
+            infos = socket.getaddrinfo(self.sni_name, 443, type=socket.SOCK_STREAM)
+        except OSError as exc:
+            raise StartError(f"{self.sni_name} does not resolve: {exc}") from exc
+        first = infos[0][4][0] if infos else None
+        if first != "127.0.0.1":
+            raise StartError(
+                f"{self.sni_name} resolves to {first} first, not 127.0.0.1: wrk would miss the proxies, "
+                "which listen on 127.0.0.1 only (fix the order in /etc/hosts or gai.conf)"
+            )
+
+    def measure(self, proxy: Proxy, port: int, case: str) -> Measured:
+        argv = ["wrk", "-t1", f"-c{self.s.wrk_connections}", f"-d{self.s.duration:g}s", "--timeout", "5s"]
+        if self.close:
+            argv += ["-H", "Connection: close"]
+        argv += ["--latency", f"https://{self.sni_name}:{port}/"]
+        pids = proxy.pids()
+        t0, cpu0 = time.monotonic(), cpu_seconds(pids)
+        try:
+            out = self.load_cmd(argv, timeout=self.s.duration + 30)
+        except subprocess.TimeoutExpired as exc:
+            raise RuntimeError("wrk timed out") from exc
+        cpu1, t1 = cpu_seconds(pids), time.monotonic()
+        match = WRK_REQUESTS.search(out.stdout)
+        if out.returncode != 0 or match is None:
+            raise RuntimeError(f"wrk failed (exit {out.returncode}): {(out.stderr or out.stdout)[:300]}")
+        requests = int(match.group(1))
+        seconds = float(match.group(2)) * WRK_UNITS.get(match.group(3), 1.0)
+        errors = WRK_ERRORS.search(out.stdout)
+        socket_errors = sum(int(g) for g in errors.groups()) if errors else 0
+        non2xx = WRK_NON2XX.search(out.stdout)
+        p99 = WRK_P99.search(out.stdout)
+        result = Measured()
+        result.values[self.rate_key] = requests / seconds
+        if p99:
+            result.values["p99_ms"] = float(p99.group(1)) * WRK_UNITS[p99.group(2)] * 1000
+        else:
+            result.notes.append(f"{proxy.name} {self.name}: no 99% line in wrk's latency distribution")
+        if requests:
+            result.values["cpu_ms_per_1k"] = (cpu1 - cpu0) * 1000 / (requests / 1000)
+        result.values["busy"] = 100 * (cpu1 - cpu0) / (t1 - t0)
+        result.values["socket_errors"] = socket_errors
+        result.values["non_2xx"] = int(non2xx.group(1)) if non2xx else 0
+        if socket_errors:
+            result.notes.append(f"{proxy.name} {self.name}: wrk {errors.group(0) if errors else ''}")
+        if requests == 0:
+            raise RuntimeError(f"wrk completed no request: {out.stdout.strip()[-300:]}")
+        return result
+
+
+class SniNew(SniScenario):
+    """A new TLS connection per request (``Connection: close``): the proxy reads and routes a
+    ClientHello, dials the origin and relays the handshake, one request and the close."""
+
+    name = "sni-new"
+    title = "SNI passthrough, new TLS connections (wrk -H 'Connection: close' https://localhost)"
+    close = True
+    rate_key, rate_label, rate_unit = "conns_per_s", "new TLS connections/s", "conn/s"
+    per = "connections"
+
+
+class SniKeepalive(SniScenario):
+    """wrk's connections stay open: requests/s over established passthrough connections."""
+
+    name = "sni-keepalive"
+    title = "SNI passthrough, keep-alive requests (wrk https://localhost, established connections)"
+    close = False
+    rate_key, rate_label, rate_unit = "req_per_s", "keep-alive requests/s", "req/s"
+    per = "requests"
