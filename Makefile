@@ -30,12 +30,15 @@ lint: $(VENV)/.test-installed
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 
-# ss (iproute2) reads socket timers in the keepalive test; prlimit (util-linux) caps descriptors.
+# ss (iproute2) reads socket timers in the keepalive test; prlimit (util-linux) caps descriptors;
+# curl and openssl are the real TLS and HTTP clients of the sni tests.
 system-deps:
-	@if command -v ss >/dev/null && command -v prlimit >/dev/null; then :; \
+	@if command -v ss >/dev/null && command -v prlimit >/dev/null \
+		&& command -v curl >/dev/null && command -v openssl >/dev/null; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2 util-linux; \
-	else echo "please install iproute2 and util-linux (ss, prlimit)"; exit 1; fi
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+			iproute2 util-linux curl openssl ca-certificates; \
+	else echo "please install iproute2, util-linux, curl and openssl"; exit 1; fi
 
 ## make bench: HAProxy, nginx, iperf3 and wrk from apt, then the side-by-side benchmark
 bench: $(VENV)/.run-installed
