@@ -26,7 +26,7 @@ from portway.context import Context
 from portway.modes.tcp import TcpConnection
 from portway.net.listener import Listener
 from portway.net.sniff import Sniff
-from portway.proto import clienthello, httphead
+from portway.proto import NEED_DATA, NeedData, clienthello, httphead
 from portway.route.backend import Pool, Server
 from portway.route.table import Decision, Refusal, Sniffed
 from portway.termination import Reason
@@ -37,8 +37,6 @@ log = logging.getLogger("portway.sni")
 SNIFF_LIMIT = 65536
 #: Connect timeout when dialling a name (a route that dials has no backend to take it from).
 DIAL_TIMEOUT = 5.0
-#: The sniff parsers' "need more bytes", as one value for :class:`Sniff`.
-_NEED = object()
 
 _HTTP_REASONS = {
     400: "Bad Request",
@@ -53,13 +51,11 @@ _HTTP_REASONS = {
 _ALERTS = {"unrecognized_name": 112, "handshake_failure": 40}
 
 
-def sniff_parse(data: bytearray) -> object:
-    """A ClientHello when the first byte says TLS, else an HTTP request head (or ``_NEED``)."""
+def sniff_parse(data: bytearray) -> clienthello.ClientHello | httphead.RequestHead | NeedData:
+    """A ClientHello when the first byte says TLS, else an HTTP request head (or ``NEED_DATA``)."""
     if data[0] == 0x16:
-        hello = clienthello.parse(data, max_size=SNIFF_LIMIT)
-        return _NEED if hello is clienthello.NEED_DATA else hello
-    head = httphead.parse(data, max_head=SNIFF_LIMIT)
-    return _NEED if head is httphead.NEED_DATA else head
+        return clienthello.parse(data, max_size=SNIFF_LIMIT)
+    return httphead.parse(data, max_head=SNIFF_LIMIT)
 
 
 def http_response(status: int, message: str) -> bytes:
@@ -100,7 +96,7 @@ class SniConnection(TcpConnection):
                 self.is_tls = prefix[0] == 0x16
                 self._bad_input(exc)
                 return
-            if result is not _NEED:
+            if result is not NEED_DATA:
                 self._on_sniffed(result, bytearray(prefix))
                 return
         session = self.session
@@ -110,7 +106,7 @@ class SniConnection(TcpConnection):
             self.ctx.wheel,
             self.sock,
             sniff_parse,
-            _NEED,
+            NEED_DATA,
             what="TLS ClientHello or HTTP request head",
             limit=SNIFF_LIMIT,
             timeout=left,

@@ -49,6 +49,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from portway.errors import ProtocolError
+from portway.proto import NEED_DATA, NeedData
 
 __all__ = [
     "MAX_RECORD_LENGTH",
@@ -89,17 +90,6 @@ class Alert(enum.IntEnum):
     UNRECOGNIZED_NAME = 112
 
 
-class NeedData(enum.Enum):
-    """Type of the :data:`NEED_DATA` sentinel (an enum so that ``is`` narrows for mypy)."""
-
-    NEED_DATA = "NEED_DATA"
-
-    def __repr__(self) -> str:
-        return "NEED_DATA"
-
-
-NEED_DATA: Final = NeedData.NEED_DATA
-"""Returned by :func:`parse` when the bytes so far are a proper prefix of a ClientHello."""
 
 
 class ClientHelloError(ProtocolError):

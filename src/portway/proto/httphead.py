@@ -49,13 +49,13 @@ and the whole field block with one regex each (both in C); only a head that fail
 walked line by line, to say precisely what is wrong.
 """
 
-import enum
 import ipaddress
 import re
 from dataclasses import dataclass
 from typing import Final
 
 from portway.errors import ProtocolError
+from portway.proto import NEED_DATA, NeedData
 
 __all__ = [
     "DEFAULT_MAX_HEAD",
@@ -110,17 +110,6 @@ _VERSION_NOT_SUPPORTED: Final = 505
 _SUPPORTED: Final = ((1, 0), (1, 1))
 
 
-class NeedData(enum.Enum):
-    """Type of the :data:`NEED_DATA` sentinel (an enum so that ``is`` narrows for mypy)."""
-
-    NEED_DATA = "NEED_DATA"
-
-    def __repr__(self) -> str:
-        return "NEED_DATA"
-
-
-NEED_DATA: Final = NeedData.NEED_DATA
-"""Returned by :func:`parse` when the bytes so far are a proper prefix of a head."""
 
 
 class HeadError(ProtocolError):

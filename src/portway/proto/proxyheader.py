@@ -28,7 +28,6 @@ The builders :func:`build_v1` and :func:`build_v2` raise :class:`ValueError` for
 that cannot be encoded; that is a programming error, not a protocol error.
 """
 
-import enum
 import ipaddress
 import re
 import socket
@@ -38,6 +37,7 @@ from dataclasses import KW_ONLY, dataclass
 from typing import Final, TypeAlias
 
 from portway.errors import ProtocolError
+from portway.proto import NEED_DATA, NeedData
 
 __all__ = [
     "NEED_DATA",
@@ -99,17 +99,6 @@ _V1_PORT = re.compile(r"0|[1-9][0-9]{0,4}")
 _V1_IPV4_OCTET = re.compile(r"[0-9]{1,3}")
 
 
-class NeedData(enum.Enum):
-    """Type of the :data:`NEED_DATA` sentinel (an enum so that ``is`` narrows for mypy)."""
-
-    NEED_DATA = "NEED_DATA"
-
-    def __repr__(self) -> str:
-        return "NEED_DATA"
-
-
-NEED_DATA: Final = NeedData.NEED_DATA
-"""Returned by :func:`parse` when the bytes so far are a proper prefix of a header."""
 
 
 class ProxyHeaderError(ProtocolError):
