@@ -90,8 +90,6 @@ class Alert(enum.IntEnum):
     UNRECOGNIZED_NAME = 112
 
 
-
-
 class ClientHelloError(ProtocolError):
     """The bytes are not a ClientHello Portway accepts; send ``alert_record(error.alert)`` and close.
 

@@ -110,8 +110,6 @@ _VERSION_NOT_SUPPORTED: Final = 505
 _SUPPORTED: Final = ((1, 0), (1, 1))
 
 
-
-
 class HeadError(ProtocolError):
     """The bytes are not an acceptable HTTP/1.x request head.
 

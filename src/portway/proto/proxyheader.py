@@ -99,8 +99,6 @@ _V1_PORT = re.compile(r"0|[1-9][0-9]{0,4}")
 _V1_IPV4_OCTET = re.compile(r"[0-9]{1,3}")
 
 
-
-
 class ProxyHeaderError(ProtocolError):
     """The bytes start like a PROXY header but are not a valid one; drop the connection.
 
