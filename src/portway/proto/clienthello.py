@@ -236,7 +236,11 @@ def _check_handshake_header(header: bytes, max_size: int) -> int | None:
 
 
 class _Reader:
-    """A cursor over one length-delimited part of the ClientHello; every short read is decode_error."""
+    """A cursor over one length-delimited part of the ClientHello; every short read is decode_error.
+
+    Error messages are built only when a read fails: this runs once per connection, and
+    formatting a field name per read cost more than the parsing itself.
+    """
 
     __slots__ = ("data", "pos", "what")
 
@@ -249,18 +253,33 @@ class _Reader:
     def left(self) -> int:
         return len(self.data) - self.pos
 
-    def take(self, n: int, field: str) -> bytes:
-        if n > self.left:
-            raise _decode_error(f"{self.what} {field} needs {n} bytes but only {self.left} remain")
-        self.pos += n
-        return self.data[self.pos - n : self.pos]
+    def _short(self, n: int, field: str) -> ClientHelloError:
+        return _decode_error(f"{self.what} {field} needs {n} bytes but only {self.left} remain")
 
-    def integer(self, size: int, field: str) -> int:
-        return int.from_bytes(self.take(size, field))
+    def take(self, n: int, field: str) -> bytes:
+        pos = self.pos
+        end = pos + n
+        if end > len(self.data):
+            raise self._short(n, field)
+        self.pos = end
+        return self.data[pos:end]
+
+    def integer(self, size: int, field: str, suffix: str = "") -> int:
+        data = self.data
+        pos = self.pos
+        end = pos + size
+        if end > len(data):
+            raise self._short(size, field + suffix)
+        self.pos = end
+        if size == 1:
+            return data[pos]
+        if size == 2:
+            return data[pos] << 8 | data[pos + 1]
+        return int.from_bytes(data[pos:end])
 
     def vector(self, length_size: int, field: str, minimum: int = 0) -> bytes:
         """Read ``opaque field<minimum..2^(8*length_size)-1>``."""
-        value = self.take(self.integer(length_size, f"{field} length"), field)
+        value = self.take(self.integer(length_size, field, " length"), field)
         if len(value) < minimum:
             raise _decode_error(f"{self.what} {field} has {len(value)} bytes; at least {minimum} required")
         return value
@@ -310,17 +329,37 @@ def _parse_body(body: bytes, *, length: int) -> ClientHello:
     # RFC 5246 §7.4.1.2: the extensions field may be absent ("the presence of extensions can
     # be detected by determining whether there are bytes following the compression_methods").
     if hello.left:
-        block = _Reader(hello.vector(2, "extensions"), "ClientHello extensions")
-        while block.left:
-            ext_type = block.integer(2, "extension type")
-            ext_data = block.vector(2, f"extension 0x{ext_type:04x} data")
+        # The extension loop is the hot part of the parse: plain indexing, messages built
+        # only on failure (worded as _Reader words them).
+        ext = hello.vector(2, "extensions")
+        n = len(ext)
+        i = 0
+        while i < n:
+            if n - i < 2:
+                raise _decode_error(
+                    f"ClientHello extensions extension type needs 2 bytes but only {n - i} remain"
+                )
+            ext_type = ext[i] << 8 | ext[i + 1]
+            if n - i < 4:
+                raise _decode_error(
+                    f"ClientHello extensions extension 0x{ext_type:04x} data length needs 2 bytes "
+                    f"but only {n - i - 2} remain"
+                )
+            size = ext[i + 2] << 8 | ext[i + 3]
+            i += 4
+            if size > n - i:
+                raise _decode_error(
+                    f"ClientHello extensions extension 0x{ext_type:04x} data needs {size} bytes "
+                    f"but only {n - i} remain"
+                )
             # RFC 8446 §4.2: "There MUST NOT be more than one extension of the same type in a
             # given extension block." (GREASE types are ordinary types for this rule.)
             if ext_type in extensions:
                 raise ClientHelloError(
                     f"TLS ClientHello has the extension 0x{ext_type:04x} twice", alert=Alert.ILLEGAL_PARAMETER
                 )
-            extensions[ext_type] = ext_data
+            extensions[ext_type] = ext[i : i + size]
+            i += size
     hello.done()
     server_name = _server_name(extensions[EXT_SERVER_NAME]) if EXT_SERVER_NAME in extensions else None
     alpn = _alpn(extensions[EXT_ALPN]) if EXT_ALPN in extensions else ()
