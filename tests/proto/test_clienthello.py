@@ -23,6 +23,7 @@ from portway.proto.clienthello import (
     alert_record,
     parse,
 )
+from tests.proto.contract import assert_decision_is_final
 
 _EXAMPLES = {"fast": 100, "deep": 5_000}.get(os.environ.get("HYPOTHESIS_PROFILE", "fast"), 100)
 _SETTINGS = settings(max_examples=_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -421,10 +422,7 @@ def test_corrupted_fixtures_only_give_the_three_outcomes(data: bytes) -> None:
     )
 )
 def test_arbitrary_bytes_only_give_the_three_outcomes(data: bytes) -> None:
-    outcome = _outcome(data)
+    # A decision, once made, does not change as more bytes arrive.
+    outcome = assert_decision_is_final(_outcome, data)
     if isinstance(outcome, ClientHello):
         assert 0 < outcome.length <= len(data)
-    # A decision, once made, does not change as more bytes arrive.
-    for n in range(len(data)):
-        prefix = _outcome(data[:n])
-        assert prefix is NEED_DATA or prefix == outcome, (n, prefix, outcome)

@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from portway.proto.httphead import NEED_DATA, HeadError, RequestHead, parse
+from tests.proto.contract import assert_decision_is_final, mutate
 
 _EXAMPLES = {"fast": 100, "deep": 5_000}.get(os.environ.get("HYPOTHESIS_PROFILE", "fast"), 100)
 _SETTINGS = settings(max_examples=_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -439,19 +440,12 @@ def test_valid_heads_parse_and_every_prefix_needs_data(
     assert all(parse(view[:n]) is NEED_DATA for n in range(len(raw)))
 
 
-def _mutate(raw: bytes, index: int, value: int, cut: int) -> bytes:
-    data = bytearray(raw[:cut] if cut else raw)
-    if data:
-        data[index % len(data)] = value
-    return bytes(data)
-
-
 arbitrary_bytes = st.one_of(
     st.binary(max_size=300),
     st.text("GETPOSCNHvt:/ .1\r\n[]", max_size=120).map(str.encode),
     st.binary(max_size=100).map(lambda b: b"GET / HTTP/1.1\r\n" + b),
     st.builds(
-        _mutate,
+        mutate,
         st.sampled_from([raw for _, raw, _ in FIXTURES]),
         st.integers(0, 500),
         st.integers(0, 255),
@@ -463,11 +457,8 @@ arbitrary_bytes = st.one_of(
 @_SETTINGS
 @given(arbitrary_bytes)
 def test_arbitrary_bytes_only_give_the_three_outcomes(data: bytes) -> None:
-    outcome = _outcome(data)
+    # A decision, once made, does not change as more bytes arrive.
+    outcome = assert_decision_is_final(_outcome, data)
     if isinstance(outcome, RequestHead):
         assert 0 < outcome.length <= len(data)
         assert _outcome(data[: outcome.length]) == outcome  # trailing bytes never matter
-    # A decision, once made, does not change as more bytes arrive.
-    for n in range(len(data)):
-        prefix = _outcome(data[:n])
-        assert prefix is NEED_DATA or prefix == outcome, (n, prefix, outcome)

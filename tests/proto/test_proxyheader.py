@@ -29,6 +29,7 @@ from portway.proto.proxyheader import (
     crc32c,
     parse,
 )
+from tests.proto.contract import assert_decision_is_final, mutate
 
 _EXAMPLES = {"fast": 100, "deep": 5_000}.get(os.environ.get("HYPOTHESIS_PROFILE", "fast"), 100)
 _SETTINGS = settings(max_examples=_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -551,20 +552,13 @@ def _outcome(data: bytes) -> object:
     return result
 
 
-def _mutate(raw: bytes, index: int, value: int, cut: int) -> bytes:
-    data = bytearray(raw[:cut] if cut else raw)
-    if data:
-        data[index % len(data)] = value
-    return bytes(data)
-
-
 arbitrary_bytes = st.one_of(
     st.binary(max_size=150),
     st.binary(max_size=150).map(lambda b: V2_SIGNATURE + b),
     st.binary(max_size=150).map(lambda b: V1_SIGNATURE + b" " + b),
     st.text("PROXYTCUNKOW46 .:0123456789abcdef\r\n", max_size=110).map(lambda t: b"PROXY " + t.encode()),
     st.builds(
-        _mutate,
+        mutate,
         st.sampled_from([raw for _, raw, _, _ in FIXTURES if len(raw) < 200]),
         st.integers(0, 200),
         st.integers(0, 255),
@@ -576,11 +570,8 @@ arbitrary_bytes = st.one_of(
 @_SETTINGS
 @given(arbitrary_bytes)
 def test_arbitrary_bytes_only_give_the_four_outcomes(data: bytes) -> None:
-    outcome = _outcome(data)
+    # A decision, once made, does not change as more bytes arrive.
+    outcome = assert_decision_is_final(_outcome, data)
     if isinstance(outcome, ProxyHeader):
         assert 0 < outcome.length <= len(data)
         assert _outcome(data[: outcome.length]) == outcome  # trailing bytes never matter
-    # A decision, once made, does not change as more bytes arrive.
-    for n in range(len(data)):
-        prefix = _outcome(data[:n])
-        assert prefix is NEED_DATA or prefix == outcome, (n, prefix, outcome)
