@@ -48,7 +48,6 @@ _HTTP_REASONS = {
     502: "Bad Gateway",
     505: "HTTP Version Not Supported",
 }
-_ALERTS = {"unrecognized_name": 112, "handshake_failure": 40}
 
 
 def sniff_parse(data: bytearray) -> clienthello.ClientHello | httphead.RequestHead | NeedData:
@@ -159,7 +158,7 @@ class SniConnection(TcpConnection):
 
     def _refuse(self, refusal: Refusal) -> None:
         if self.is_tls:
-            answer = clienthello.alert_record(_ALERTS.get(refusal.alert, 40))
+            answer = clienthello.alert_record(clienthello.Alert[refusal.alert.upper()])
         else:
             answer = http_response(refusal.http_status, refusal.message)
         self._answer_and_end(answer, Reason.REFUSED_BY_RULE, refusal.message)

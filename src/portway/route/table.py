@@ -275,23 +275,9 @@ class RouteTable:
                     if matcher is not None:
                         pattern_matched = pattern_matched or route
                     continue
-            if decision is not None:
-                return decision
-            if name is None:
-                return _refuse(
-                    "no_dial_name",
-                    f"{route.name} dials the client's server name, but the client sent no {_what(sniffed)}",
-                )
-            return self._dial(route, name, sniffed)
+            return decision or self._dial(route, name, sniffed)
         for route, decision in self._defaults:
-            if decision is not None:
-                return decision
-            if name is None:
-                return _refuse(
-                    "no_dial_name",
-                    f"{route.name} dials the client's server name, but the client sent no {_what(sniffed)}",
-                )
-            return self._dial(route, name, sniffed)
+            return decision or self._dial(route, name, sniffed)
         if name is None:
             return _refuse(
                 "no_sni", f"the client sent no {_what(sniffed)} and no default route accepts the connection"
@@ -305,8 +291,13 @@ class RouteTable:
         return _refuse("no_route", f"no route for {_what(sniffed)} {name!r}")
 
     @staticmethod
-    def _dial(route: Route, name: str, sniffed: Sniffed) -> Decision | Refusal:
-        """The decision for dial ``route`` and the sniffed ``name``, or a refusal for a bad name."""
+    def _dial(route: Route, name: str | None, sniffed: Sniffed) -> Decision | Refusal:
+        """The decision for dial ``route`` and the sniffed ``name``, or a refusal (no or bad name)."""
+        if name is None:
+            return _refuse(
+                "no_dial_name",
+                f"{route.name} dials the client's server name, but the client sent no {_what(sniffed)}",
+            )
         if not is_hostname(name):
             return _refuse(
                 "bad_dial_name",
