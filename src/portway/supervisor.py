@@ -273,10 +273,9 @@ class Supervisor:
         except TimeoutError as exc:
             raise StartupError(f"worker {handle.index} did not start within {START_TIMEOUT:g}s") from exc
 
-    def _config_message(self, mid: int | None = None) -> dict[str, Any]:
+    def _config_message(self) -> dict[str, Any]:
         return {
             "op": "config",
-            "id": mid,
             "config": self.config.raw,
             "count": self.worker_count,
             "source": self.config.source,

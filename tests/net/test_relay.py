@@ -61,7 +61,6 @@ class Harness:
         self.poller = Poller(loop)
         self.pipes = PipePool(size=1 << 16)
         self.relay = Relay(
-            loop,
             self.poller,
             TimerWheel(loop),
             proxy_client,

@@ -219,7 +219,6 @@ class TcpConnection:
                 build = proxyheader.build_v2 if mode == "v2" else proxyheader.build_v1
                 to_server = build(session.client, dest) + to_server
             relay = Relay(
-                loop,
                 ctx.poller,
                 ctx.wheel,
                 self.sock,

@@ -28,7 +28,6 @@ calls ``on_done(reason, detail)`` exactly once.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import socket
@@ -82,7 +81,6 @@ class _Half(Generic[_S]):
         "end",
         "eof",
         "last",
-        "loop",
         "pipes",
         "poller",
         "prefix",
@@ -109,7 +107,6 @@ class _Half(Generic[_S]):
         upgrade: bool = False,
     ) -> None:
         self.relay = relay
-        self.loop = relay.loop
         self.poller = relay.poller
         self.src = src
         self.dst = dst
@@ -346,7 +343,6 @@ class Relay:
         "ended",
         "first_eof_client",
         "idle_timeout",
-        "loop",
         "on_done",
         "poller",
         "s2c",
@@ -358,7 +354,6 @@ class Relay:
 
     def __init__(
         self,
-        loop: asyncio.AbstractEventLoop,
         poller: Poller,
         wheel: TimerWheel,
         client: socket.socket,
@@ -373,7 +368,6 @@ class Relay:
         to_server: bytes = b"",
         to_client: bytes = b"",
     ) -> None:
-        self.loop = loop
         self.poller = poller
         self.client = client
         self.server = server
