@@ -70,7 +70,9 @@ __all__ = [
     "AdminSpec",
     "BackendDoc",
     "BackendSpec",
+    "BackendTls",
     "BindSpec",
+    "CertFile",
     "Config",
     "DefaultsDoc",
     "DocumentDoc",
@@ -94,6 +96,7 @@ __all__ = [
     "ServerSpec",
     "SniListenerDoc",
     "TcpListenerDoc",
+    "TlsSpec",
     "parse_bind",
     "quote",
     "suggest",
@@ -169,6 +172,19 @@ class ServerSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class BackendTls:
+    """TLS from Portway to a backend's servers (``tls = true`` or ``tls = { ... }``)."""
+
+    verify: bool
+    """Verify the server's certificate chain and name (default true)."""
+    ca: str | None
+    """Absolute path of a PEM file of trusted CAs; ``None``: the system's trust store."""
+    server_name: str | None
+    """The name sent as SNI and verified: ``None`` means each server's own host (name or IP);
+    the literal ``"{sni}"`` means the name the client asked for (its SNI or Host)."""
+
+
+@dataclass(frozen=True, slots=True)
 class BackendSpec:
     """A pool of servers that listeners forward to, with its dialling policy."""
 
@@ -186,6 +202,8 @@ class BackendSpec:
     eject: Eject
     send_proxy_protocol: str
     """``"off"``, ``"v1"`` or ``"v2"``: the PROXY header sent to the servers."""
+    tls: BackendTls | None = None
+    """``None``: plaintext to the servers; else TLS is originated to each server."""
 
     def server(self, name: str) -> ServerSpec:
         """The server called ``name``; raises :class:`KeyError` if there is none."""
@@ -251,6 +269,29 @@ class ProxyProtocolIn:
 
 
 @dataclass(frozen=True, slots=True)
+class CertFile:
+    """One certificate a listener serves: a PEM chain and its private key."""
+
+    cert: str
+    """Absolute path of the PEM certificate chain (leaf first)."""
+    key: str | None
+    """Absolute path of the PEM private key; ``None``: the key is in :attr:`cert` too."""
+
+
+@dataclass(frozen=True, slots=True)
+class TlsSpec:
+    """How a listener terminates TLS: its certificates and protocol settings."""
+
+    certificates: tuple[CertFile, ...]
+    """Never empty. Picked by the client's server name: exact, then one-label wildcard, then
+    the default (the first listed)."""
+    min_version: str
+    """``"1.2"`` or ``"1.3"``: the oldest TLS version accepted."""
+    offer_alpn: tuple[str, ...]
+    """ALPN protocols offered by default (routes may set their own); empty: no ALPN."""
+
+
+@dataclass(frozen=True, slots=True)
 class RouteSpec:
     """One ``[[listener.route]]`` of an ``sni`` listener, as written and validated.
 
@@ -274,7 +315,11 @@ class RouteSpec:
     allow: tuple[str, ...]
     """Where a dial route's destination may be (never empty for a dial route, empty otherwise)."""
     action: str
-    """``"passthrough"`` in this version."""
+    """``"passthrough"`` (relay the client's TLS untouched) or ``"terminate"`` (complete the
+    handshake here with the listener's certificates and forward plaintext)."""
+    offer_alpn: tuple[str, ...] = ()
+    """A terminating route: the ALPN protocols offered, in server preference order (the
+    route's own ``offer_alpn``, else the listener's); empty: no ALPN."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -283,7 +328,7 @@ class ListenerSpec:
 
     name: str
     mode: str
-    """``"tcp"`` or ``"sni"``."""
+    """``"tcp"``, ``"sni"`` or ``"tls"``."""
     bind: tuple[BindSpec, ...]
     """Never empty; no address appears twice across the whole config (port 0 aside)."""
     backend: str | None
@@ -303,7 +348,10 @@ class ListenerSpec:
     """The ``listen(2)`` backlog."""
     proxy_protocol: ProxyProtocolIn
     routes: tuple[RouteSpec, ...] = ()
-    """An ``sni`` listener's routes in file order (never empty there); empty for ``tcp``."""
+    """An ``sni`` or ``tls`` listener's routes in file order (never empty there); empty for ``tcp``."""
+    tls: TlsSpec | None = None
+    """Certificates and settings for terminating TLS (``tls`` mode, or ``sni`` routes with
+    ``action = "terminate"``); ``None`` when the listener terminates nothing."""
 
 
 @dataclass(frozen=True, slots=True)
