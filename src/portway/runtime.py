@@ -13,9 +13,11 @@ import asyncio
 import logging
 import os
 import socket
+import ssl
 from collections.abc import Callable
 
-from portway.config.model import BackendSpec, Config, HealthCheck, RouteSpec
+from portway.config.model import BackendSpec, Config, HealthCheck, ListenerSpec, RouteSpec
+from portway.net import tlsctx
 from portway.route.backend import Pool, Server, ServerHealth
 from portway.route.destpolicy import DestPolicy
 from portway.route.match import NameMatcher, Networks
@@ -54,6 +56,17 @@ class Runtime:
                     Server(s.name, s.host, s.port, weight=s.weight, backup=s.backup, health=health)
                 )
             self.pools[spec.name] = Pool(spec.name, servers, spec.balance)
+        #: TLS client context of each backend with ``tls``, by backend name.
+        self.backend_tls: dict[str, ssl.SSLContext] = {
+            spec.name: tlsctx.client_context(spec.tls.ca, spec.tls.verify)
+            for spec in config.backends.values()
+            if spec.tls is not None
+        }
+        #: Certificates of each listener that terminates TLS, by listener name; read from
+        #: the files anew for every generation, which is how a reload picks up new ones.
+        self.certs: dict[str, tlsctx.CertStore] = {
+            listener.name: _cert_store(listener) for listener in config.listeners if listener.tls
+        }
         #: Route table of each listener that routes (sni), by listener name.
         self.tables: dict[str, RouteTable] = {}
         #: Destination policy of each dial-by-name route, by (listener, route).
@@ -75,6 +88,7 @@ class Runtime:
             backend=r.backend,
             dial=r.dial,
             action=r.action,
+            offer_alpn=r.offer_alpn,
         )
 
     def find_server(self, backend: str, name: str) -> Server | None:
@@ -130,6 +144,17 @@ class Runtime:
                     detail = f"{hc.rise} checks passed" if up else f"{hc.fall} checks failed: {why}"
                     on_change(pool.name, server, up, detail)
             await asyncio.sleep(hc.interval)
+
+
+def _cert_store(listener: ListenerSpec) -> tlsctx.CertStore:
+    """Load a listener's certificates (already checked by the config loader) and build the
+    context of each for every ALPN offer its terminating routes make."""
+    spec = listener.tls
+    assert spec is not None
+    certs = [tlsctx.load(c.cert, c.key, min_version=spec.min_version) for c in spec.certificates]
+    store = tlsctx.CertStore(certs)
+    store.prepare({route.offer_alpn for route in listener.routes if route.action == "terminate"})
+    return store
 
 
 async def _tcp_check(loop: asyncio.AbstractEventLoop, server: Server, timeout: float) -> str:

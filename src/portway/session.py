@@ -25,6 +25,7 @@ class Session:
     """
 
     __slots__ = (
+        "alpn",
         "backend",
         "bytes_in",
         "bytes_out",
@@ -44,6 +45,7 @@ class Session:
         "sniff_s",
         "start_mono",
         "start_wall",
+        "tls_version",
         "total_s",
     )
 
@@ -64,6 +66,9 @@ class Session:
         self.start_wall = time.time()
         #: The server name the connection was routed by (TLS SNI or HTTP Host), if any.
         self.sni: str | None = None
+        #: TLS terminated here: the protocol version and the ALPN protocol agreed with the client.
+        self.tls_version: str | None = None
+        self.alpn: str | None = None
         #: The route that matched, for modes that route.
         self.route: str | None = None
         self.backend: str | None = None

@@ -40,6 +40,8 @@ class Reason(enum.Enum):
     NO_SERVER = "no_server"
     REFUSED_BY_RULE = "refused_by_rule"
     PROTOCOL_ERROR = "protocol_error"
+    TLS_HANDSHAKE_FAILED = "tls_handshake_failed"
+    SERVER_TLS_FAILED = "server_tls_failed"
     SHUTDOWN = "shutdown"
     INTERNAL_ERROR = "internal_error"
 
@@ -70,6 +72,8 @@ _CODES: dict[Reason, str] = {
     Reason.NO_SERVER: "SC",
     Reason.REFUSED_BY_RULE: "PR",
     Reason.PROTOCOL_ERROR: "PR",
+    Reason.TLS_HANDSHAKE_FAILED: "CR",
+    Reason.SERVER_TLS_FAILED: "SC",
     Reason.SHUTDOWN: "KD",
     Reason.INTERNAL_ERROR: "ID",
 }
@@ -85,6 +89,8 @@ _PHASES: dict[Reason, Phase] = {
     Reason.NO_SERVER: Phase.CONNECT,
     Reason.REFUSED_BY_RULE: Phase.SNIFF,
     Reason.PROTOCOL_ERROR: Phase.SNIFF,
+    Reason.TLS_HANDSHAKE_FAILED: Phase.SNIFF,
+    Reason.SERVER_TLS_FAILED: Phase.CONNECT,
     Reason.SHUTDOWN: Phase.DATA,
     Reason.INTERNAL_ERROR: Phase.DATA,
 }
@@ -100,6 +106,8 @@ _MESSAGES: dict[Reason, str] = {
     Reason.NO_SERVER: "no server",
     Reason.REFUSED_BY_RULE: "refused by rule",
     Reason.PROTOCOL_ERROR: "protocol error",
+    Reason.TLS_HANDSHAKE_FAILED: "TLS handshake with the client failed",
+    Reason.SERVER_TLS_FAILED: "TLS to the server failed",
     Reason.SHUTDOWN: "shutdown",
     Reason.INTERNAL_ERROR: "internal error",
 }

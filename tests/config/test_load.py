@@ -393,15 +393,15 @@ BROKEN = [
         id="unknown-balance",
     ),
     pytest.param(
-        LISTENER + BACKEND + '[[listener]]\nname = "edge"\nmode = "tls"\nbind = "0.0.0.0:443"\n',
+        LISTENER + BACKEND + '[[listener]]\nname = "edge"\nmode = "gateway"\nbind = "0.0.0.0:443"\n',
         "listener.edge.mode",
-        ['mode "tls" is not available in this version of Portway (available: tcp, sni)'],
+        ['mode "gateway" is not available in this version of Portway (available: tcp, sni, tls)'],
         id="unavailable-mode",
     ),
     pytest.param(
         listener(mode='"tcpp"') + BACKEND,
         "listener.db.mode",
-        ['expected one of "tcp", "sni", got "tcpp"', 'did you mean "tcp"'],
+        ['expected one of "tcp", "sni", "tls", got "tcpp"', 'did you mean "tcp"'],
         id="unknown-mode",
     ),
     pytest.param(
@@ -558,7 +558,7 @@ def test_several_errors_are_all_reported() -> None:
         'workers = 0\ndrain_timeout = "forever"\n'
         "[defaults]\nretries = -1\n"
         + listener(bind='["127.0.0.1:1", "::1:80"]', backend='"pgg"', relay='"spice"')
-        + '[[listener]]\nname = "edge"\nmode = "tls"\nbind = "0.0.0.0:443"\n'
+        + '[[listener]]\nname = "edge"\nmode = "gateway"\nbind = "0.0.0.0:443"\n'
         + backend(servers='[{ address = "web01", weight = -1 }]')
         + backend(name='"other"', balance='"fastest"')
     )

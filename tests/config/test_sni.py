@@ -285,16 +285,13 @@ BROKEN = [
     pytest.param(
         route(backend='"acme"', action='"terminate"'),
         "listener.edge.route[1].action",
-        [
-            'action "terminate" is not available in this version of Portway',
-            '(TLS termination is planned; use "passthrough")',
-        ],
-        id="terminate-action",
+        ['action "terminate" needs the listener\'s certificates: add certificates = ["site.pem"]'],
+        id="terminate-without-certificates",
     ),
     pytest.param(
         route(backend='"acme"', action='"passthru"'),
         "listener.edge.route[1].action",
-        ['expected one of "passthrough", got "passthru"', 'did you mean "passthrough"'],
+        ['expected one of "passthrough", "terminate", got "passthru"', 'did you mean "passthrough"'],
         id="unknown-action",
     ),
     pytest.param(
@@ -320,7 +317,13 @@ BROKEN = [
     pytest.param(
         route(backend='"acme"', cert='"certs/app.pem"'),
         "listener.edge.route[1]",
-        ['unknown key "cert"', "expected one of: name, match, alpn"],
+        ['unknown key "cert"', "(it belongs in a listener's certificates = [{ cert = "],
+        id="cert-on-a-route",
+    ),
+    pytest.param(
+        route(backend='"acme"', colour='"blue"'),
+        "listener.edge.route[1]",
+        ['unknown key "colour"', "expected one of: name, match, alpn"],
         id="unknown-route-key",
     ),
 ]

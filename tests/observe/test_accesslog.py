@@ -76,6 +76,8 @@ def test_json_line() -> None:
         "frontend": "0.0.0.0:5432",
         "sni": None,
         "route": None,
+        "tls_version": None,
+        "alpn": None,
         "backend": "postgres",
         "server": "pg1",
         "server_addr": "10.0.0.5:5432",
@@ -189,3 +191,14 @@ def test_write_failure_is_logged_once_and_dropped(caplog: pytest.LogCaptureFixtu
 def test_unknown_format() -> None:
     with pytest.raises(ValueError, match="text, json"):
         AccessLog("off", "xml")
+
+
+def test_tls_fields_in_both_formats() -> None:
+    s = finished()
+    s.sni, s.route = "app.example.com", "app"
+    s.tls_version, s.alpn = "TLSv1.3", "h2"
+    assert format_text(s).endswith(
+        "end=client_closed (CD) sni=app.example.com route=app tls=TLSv1.3 alpn=h2"
+    )
+    record = json.loads(format_json(s))
+    assert (record["tls_version"], record["alpn"]) == ("TLSv1.3", "h2")

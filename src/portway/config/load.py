@@ -34,7 +34,7 @@ import re
 import tomllib
 import types
 import typing
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -49,7 +49,10 @@ from portway.config.model import (
     AdminSpec,
     BackendDoc,
     BackendSpec,
+    BackendTlsDoc,
     BindSpec,
+    CertFile,
+    CertFileDoc,
     Config,
     DefaultsDoc,
     DocumentDoc,
@@ -68,12 +71,14 @@ from portway.config.model import (
     ServerDoc,
     ServerSpec,
     TcpListenerDoc,
+    TlsListenerDoc,
     parse_bind,
     quote,
     suggest,
 )
 from portway.config.units import format_hostport
 from portway.errors import ConfigError, ConfigIssue
+from portway.net import tlsctx
 
 __all__ = ["load_dict", "load_file", "load_text"]
 
@@ -91,9 +96,12 @@ _SECTIONS: tuple[tuple[str, type[BaseModel]], ...] = (
     ("[log]", LogDoc),
     ("[defaults]", DefaultsDoc),
     ("[[listener]]", TcpListenerDoc),
+    ('a [[listener]] of mode "sni" or "tls"', TlsListenerDoc),
     ("[[listener.route]]", RouteDoc),
+    ('a listener\'s certificates = [{ cert = "...", key = "..." }]', CertFileDoc),
     ("[[backend]]", BackendDoc),
     ("a backend's servers", ServerDoc),
+    ("a backend's tls = { ... }", BackendTlsDoc),
 )
 """Where keys live, to answer "unknown key" with where it belongs."""
 
@@ -230,6 +238,7 @@ class _Loader:
         self._check_names("backend")
         self._check_backend_refs()
         self._check_binds()
+        self._check_tls_files(listeners, backends)
 
         if self.issues or document is None:
             ordered = sorted(self.issues, key=lambda pair: pair[0])
@@ -357,6 +366,33 @@ class _Loader:
                 else:
                     owners[address] = who if single else f"{who} (bind[{position}])"
 
+    def _check_tls_files(
+        self, listeners: list[tuple[int, ListenerDoc]], backends: list[tuple[int, BackendDoc]]
+    ) -> None:
+        """Load every certificate a listener serves and every CA file a backend trusts, as the
+        workers will, so that ``portway check`` and a reload find a bad file before it is used.
+
+        Runs on the entries that validated; a file named twice is read once.
+        """
+        seen: dict[tuple[CertFile, str], str | None] = {}
+        for index, doc in listeners:
+            spec = doc.tls_spec(self._path)
+            if spec is None:
+                continue
+            for position, entry in enumerate(spec.certificates):
+                if (entry, spec.min_version) not in seen:
+                    seen[(entry, spec.min_version)] = _cert_problem(entry, spec.min_version)
+                problem = seen[(entry, spec.min_version)]
+                if problem is not None:
+                    self.report(("listener", index, "certificates", position), problem)
+        for index, backend in backends:
+            if backend.tls is None or backend.tls.ca is None:
+                continue
+            try:
+                tlsctx.client_context(self._path(backend.tls.ca), verify=True)
+            except tlsctx.CertError as exc:
+                self.report(("backend", index, "tls", "ca"), _with_fix(exc))
+
     # -- resolution ----------------------------------------------------------
 
     def _base_dir(self) -> str:
@@ -390,8 +426,10 @@ class _Loader:
             drain_timeout=document.drain_timeout,
             admin=AdminSpec(listen=BindSpec(*listen) if listen is not None else None),
             log=LogSpec(access=access, format=document.log.format, level=document.log.level),
-            listeners=tuple(_resolve_listener(doc, defaults) for _, doc in listeners),
-            backends=FrozenMap({doc.name: _resolve_backend(doc, defaults) for _, doc in backends}),
+            listeners=tuple(_resolve_listener(doc, defaults, self._path) for _, doc in listeners),
+            backends=FrozenMap(
+                {doc.name: _resolve_backend(doc, defaults, self._path) for _, doc in backends}
+            ),
             raw=self.raw,
         )
 
@@ -410,7 +448,35 @@ def _keepalive(doc: KeepaliveDoc) -> Keepalive | None:
     return Keepalive(idle=doc.idle, interval=doc.interval, count=doc.count)
 
 
-def _resolve_listener(doc: ListenerDoc, defaults: DefaultsDoc) -> ListenerSpec:
+_FIXES: dict[str, str] = {
+    "missing": "a relative path is taken from the configuration file's directory",
+    "no_key": (
+        'append the private key to this file, or name a separate key file with { cert = "site.crt", '
+        'key = "site.key" }'
+    ),
+    "mismatch": "name the key that was made with this certificate (the chain must start with its leaf)",
+    "expired": "renew the certificate",
+    "not_yet_valid": "check this machine's clock, or wait until then",
+}
+"""What to do, by :attr:`portway.net.tlsctx.CertError.kind`, where the error itself does not say."""
+
+
+def _with_fix(exc: tlsctx.CertError) -> str:
+    """The error's sentence, with what to do about it where that helps."""
+    fix = _FIXES.get(exc.kind)
+    return f"{exc}; {fix}" if fix else str(exc)
+
+
+def _cert_problem(entry: CertFile, min_version: str) -> str | None:
+    """Why ``entry`` cannot be served, or ``None`` when it loads."""
+    try:
+        tlsctx.load(entry.cert, entry.key, min_version=min_version)
+    except tlsctx.CertError as exc:
+        return _with_fix(exc)
+    return None
+
+
+def _resolve_listener(doc: ListenerDoc, defaults: DefaultsDoc, path: Callable[[str], str]) -> ListenerSpec:
     return ListenerSpec(
         name=doc.name,
         mode=doc.mode,
@@ -426,10 +492,11 @@ def _resolve_listener(doc: ListenerDoc, defaults: DefaultsDoc) -> ListenerSpec:
             accept=doc.proxy_protocol.accept, trusted=tuple(doc.proxy_protocol.trusted)
         ),
         routes=doc.route_specs(),
+        tls=doc.tls_spec(path),
     )
 
 
-def _resolve_backend(doc: BackendDoc, defaults: DefaultsDoc) -> BackendSpec:
+def _resolve_backend(doc: BackendDoc, defaults: DefaultsDoc, path: Callable[[str], str]) -> BackendSpec:
     check = doc.health_check
     return BackendSpec(
         name=doc.name,
@@ -453,6 +520,7 @@ def _resolve_backend(doc: BackendDoc, defaults: DefaultsDoc) -> BackendSpec:
         ),
         eject=Eject(failures=doc.eject.failures, cooldown=doc.eject.cooldown),
         send_proxy_protocol=doc.send_proxy_protocol,
+        tls=doc.tls.spec(path) if doc.tls is not None else None,
     )
 
 
@@ -537,9 +605,15 @@ def _may_live_in(key: str, other: type[BaseModel], model: type[BaseModel]) -> bo
 
     A listener's keys depend on its mode, so another mode's listener keys are not
     offered, nor route keys to a listener that has no routes; ``listener`` and
-    ``backend`` at the top level are arrays of tables, not keys to move.
+    ``backend`` at the top level are arrays of tables, not keys to move. The sni/tls
+    listener section is offered only for the keys a tcp listener lacks, and a
+    certificate entry's keys only to a route or a listener that has certificates.
     """
     if other is model or key not in other.model_fields or (other is DocumentDoc and key in _ARRAYS):
+        return False
+    if other is TlsListenerDoc and key in TcpListenerDoc.model_fields:
+        return False
+    if other is CertFileDoc and not (model is RouteDoc or "certificates" in model.model_fields):
         return False
     if issubclass(model, ListenerDoc):
         if issubclass(other, ListenerDoc):

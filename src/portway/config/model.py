@@ -20,8 +20,10 @@ Strategy
 Modes
     A listener's ``mode`` selects its document class in :data:`LISTENER_MODES`.
     Every mode shares :class:`ListenerDoc` (name, bind, limits, timeouts, PROXY
-    protocol intake) and adds its own keys; ``tcp`` adds ``backend``, ``sni`` adds
-    ``route`` (``[[listener.route]]``, a list of :class:`RouteDoc`). To add a mode,
+    protocol intake) and adds its own keys; ``tcp`` adds ``backend``; ``sni`` and ``tls``
+    share :class:`RoutingListenerDoc` (``route``, a list of :class:`RouteDoc`, and the
+    TLS keys ``certificates``, ``tls_min_version``, ``offer_alpn``), and ``tls`` adds
+    ``backend`` as the alternative to routes. To add a mode,
     subclass :class:`ListenerDoc`, override :meth:`ListenerDoc.backend_refs` so the
     loader can check the backends it names (and :meth:`ListenerDoc.route_specs` if
     it routes), register it in :data:`LISTENER_MODES` and remove it from
@@ -45,7 +47,7 @@ import re
 import socket
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Final, TypeVar
+from typing import Annotated, Any, ClassVar, Final, TypeVar
 
 from pydantic import (
     AfterValidator,
@@ -66,13 +68,16 @@ __all__ = [
     "LISTENER_MODES",
     "NAME_PATTERN",
     "PLANNED_MODES",
+    "SNI_PLACEHOLDER",
     "AdminDoc",
     "AdminSpec",
     "BackendDoc",
     "BackendSpec",
     "BackendTls",
+    "BackendTlsDoc",
     "BindSpec",
     "CertFile",
+    "CertFileDoc",
     "Config",
     "DefaultsDoc",
     "DocumentDoc",
@@ -92,10 +97,12 @@ __all__ = [
     "ProxyProtocolIn",
     "RouteDoc",
     "RouteSpec",
+    "RoutingListenerDoc",
     "ServerDoc",
     "ServerSpec",
     "SniListenerDoc",
     "TcpListenerDoc",
+    "TlsListenerDoc",
     "TlsSpec",
     "parse_bind",
     "quote",
@@ -740,13 +747,77 @@ def _allow_entry(value: Any) -> str:
     return value
 
 
+_ACTIONS: Final = ("passthrough", "terminate")
+
+
 def _action(value: Any) -> str:
-    if value == "terminate":
+    return _choice(*_ACTIONS)(value)
+
+
+def _tls_version(value: Any) -> str:
+    if _is_int(value) or isinstance(value, float):
         raise ValueError(
-            'action "terminate" is not available in this version of Portway '
-            '(TLS termination is planned; use "passthrough")'
+            f'expected "1.2" or "1.3" as a string, got {quote(value)} (write "{value}" in quotes)'
         )
-    return _choice("passthrough")(value)
+    return _choice("1.2", "1.3")(value)
+
+
+_ALPN_EXPECTED: Final = 'expected an ALPN protocol name like "h2" or "http/1.1"'
+
+
+def _alpn_protocol(value: Any) -> str:
+    """One ALPN protocol Portway offers: printable ASCII, 1 to 255 bytes (RFC 7301)."""
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{_ALPN_EXPECTED}, got {quote(value)}")
+    if not (value.isascii() and value.isprintable()):
+        raise ValueError(f"{_ALPN_EXPECTED} (printable ASCII), got {quote(value)}")
+    if len(value) > 255:
+        raise ValueError(f"{_ALPN_EXPECTED}, of at most 255 bytes, got one of {len(value)} bytes")
+    return value
+
+
+def _one_or_list(what: str) -> Callable[[Any], Any]:
+    """Accept one entry where a list is expected (as ``bind`` does): ``x`` means ``[x]``."""
+
+    def check(value: Any) -> Any:
+        if isinstance(value, str | dict):
+            return [value]
+        if not isinstance(value, list):
+            raise ValueError(f"expected a list of {what}, got {quote(value)}")
+        return value
+
+    return check
+
+
+def _at_least_one_certificate(value: list[Any]) -> list[Any]:
+    if not value:
+        raise ValueError(
+            'expected at least one certificate, got an empty list (e.g. certificates = ["site.pem"])'
+        )
+    return value
+
+
+_HOST_LABEL: Final = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)", re.ASCII)
+SNI_PLACEHOLDER: Final = "{sni}"
+"""The :attr:`BackendTls.server_name` that stands for the name the client asked for."""
+
+
+def _tls_server_name(value: Any) -> str:
+    expected = (
+        'expected a DNS name, an IP address or "{sni}" (the name the client asked for) '
+        "as the name to send and verify"
+    )
+    if not isinstance(value, str):
+        raise ValueError(f"{expected}, got {quote(value)}")
+    if value == SNI_PLACEHOLDER:
+        return value
+    with contextlib.suppress(ValueError):
+        return str(ipaddress.ip_address(value))
+    name = value.removesuffix(".")
+    if not name or len(name) > 253 or not all(_HOST_LABEL.fullmatch(label) for label in name.split(".")):
+        hint = ' (the only placeholder here is "{sni}")' if "{" in value else ""
+        raise ValueError(f"{expected}, got {quote(value)}{hint}")
+    return value
 
 
 Duration = Annotated[float, BeforeValidator(_duration())]
@@ -885,6 +956,11 @@ class ListenerDoc(_Doc):
         """The listener's routes in runtime form (none for a mode that does not route)."""
         return ()
 
+    def tls_spec(self, path: Callable[[str], str]) -> TlsSpec | None:
+        """How the listener terminates TLS, with every file made absolute by ``path``;
+        ``None`` for a listener that terminates nothing."""
+        return None
+
 
 class TcpListenerDoc(ListenerDoc):
     """``mode = "tcp"``: forward every connection to one backend."""
@@ -905,10 +981,12 @@ class TcpListenerDoc(ListenerDoc):
 
 
 class RouteDoc(_Doc):
-    """One ``[[listener.route]]`` of an ``sni`` listener.
+    """One ``[[listener.route]]`` of an ``sni`` or ``tls`` listener.
 
-    Conditions (``match``, ``alpn``, ``clients``) and exactly one target:
-    ``backend``, or ``dial`` with its ``allow`` list.
+    Conditions (``match``, ``alpn``, ``clients``), exactly one target (``backend``, or
+    ``dial`` with its ``allow`` list), and what to do with the client's TLS: ``action``
+    (``None`` when not written: the listener's mode decides) and, for a route that
+    terminates, the ALPN protocols to offer (``offer_alpn``).
     """
 
     name: Name | None = None
@@ -918,7 +996,8 @@ class RouteDoc(_Doc):
     backend: Name | None = None
     dial: Annotated[str, BeforeValidator(_dial_template)] | None = None
     allow: list[Annotated[str, BeforeValidator(_allow_entry)]] | None = None
-    action: Annotated[str, BeforeValidator(_action)] = "passthrough"
+    action: Annotated[str, BeforeValidator(_action)] | None = None
+    offer_alpn: list[AlpnProtocol] | None = None
 
     @model_validator(mode="after")
     def _one_target(self) -> RouteDoc:
@@ -946,8 +1025,21 @@ class RouteDoc(_Doc):
             )
         return self
 
-    def spec(self, index: int) -> RouteSpec:
-        """The runtime form of this route, the ``index``-th of its listener."""
+    def spec(
+        self, index: int, default_action: str = "passthrough", offer_alpn: tuple[str, ...] = ()
+    ) -> RouteSpec:
+        """The runtime form of this route, the ``index``-th of its listener.
+
+        ``default_action`` is the mode's action for a route that does not write one;
+        ``offer_alpn`` is the listener's, used by a terminating route without its own.
+        """
+        action = self.action if self.action is not None else default_action
+        if action != "terminate":
+            offer: tuple[str, ...] = ()
+        elif self.offer_alpn is not None:
+            offer = tuple(self.offer_alpn)
+        else:
+            offer = offer_alpn
         return RouteSpec(
             name=self.name if self.name is not None else f"route[{index}]",
             match=self.match,
@@ -956,33 +1048,109 @@ class RouteDoc(_Doc):
             backend=self.backend,
             dial=self.dial,
             allow=tuple(self.allow or ()),
-            action=self.action,
+            action=action,
+            offer_alpn=offer,
         )
 
 
-class SniListenerDoc(ListenerDoc):
-    """``mode = "sni"``: route TLS by the ClientHello's server name (not decrypted) and
-    plaintext HTTP by ``Host``, through ``[[listener.route]]`` tables."""
+def _unique_route_names(routes: list[RouteDoc]) -> list[RouteDoc]:
+    """Raise (at ``[index].name``) if two routes of a listener share a name."""
+    if not routes:
+        raise ValueError("expected at least one [[listener.route]]")
+    seen: dict[str, int] = {}
+    for index, route in enumerate(routes):
+        if route.name is None:
+            continue
+        if route.name in seen:
+            raise KeyedValueError(
+                (index, "name"),
+                f"route name {quote(route.name)} is already used by route[{seen[route.name]}];"
+                " names must be unique within a listener",
+            )
+        seen[route.name] = index
+    return routes
 
-    route: list[RouteDoc] = Field(default=[], validate_default=True)
 
-    @field_validator("route")
-    @classmethod
-    def _check_routes(cls, routes: list[RouteDoc]) -> list[RouteDoc]:
-        if not routes:
-            raise ValueError("expected at least one [[listener.route]]")
-        seen: dict[str, int] = {}
-        for index, route in enumerate(routes):
-            if route.name is None:
-                continue
-            if route.name in seen:
+class CertFileDoc(_Doc):
+    """One entry of a listener's ``certificates``: ``{ cert = "site.crt", key = "site.key" }``.
+
+    The string form ``"site.pem"`` (one PEM file holding the chain and its key)
+    validates to ``cert`` alone, as does a table without ``key``.
+    """
+
+    cert: NonEmptyStr
+    key: NonEmptyStr | None = None
+
+
+def _cert_entry(value: Any) -> Any:
+    if isinstance(value, str):
+        if not value:
+            raise ValueError("expected the path of a PEM file, got an empty string")
+        return CertFileDoc(cert=value)
+    if isinstance(value, dict | CertFileDoc):
+        return value
+    raise ValueError(
+        'expected the path of a PEM file holding the chain and its key, like "site.pem", or a table '
+        f'like {{ cert = "site.crt", key = "site.key" }}, got {quote(value)}'
+    )
+
+
+AlpnProtocol = Annotated[str, BeforeValidator(_alpn_protocol)]
+CertificateList = Annotated[
+    list[Annotated[CertFileDoc, BeforeValidator(_cert_entry)]],
+    BeforeValidator(_one_or_list('certificates, like ["site.pem"]')),
+    AfterValidator(_at_least_one_certificate),
+]
+TlsVersion = Annotated[str, BeforeValidator(_tls_version)]
+
+
+class RoutingListenerDoc(ListenerDoc):
+    """The keys of the listeners that route by name and may terminate TLS (``sni``, ``tls``).
+
+    ``certificates``, ``tls_min_version`` and ``offer_alpn`` set how TLS is terminated;
+    a listener that terminates nothing may not write the last two. Routes take the mode's
+    :attr:`default_action` when they write no ``action``.
+    """
+
+    default_action: ClassVar[str] = "passthrough"
+    """The ``action`` of a route that does not write one."""
+
+    certificates: CertificateList | None = None
+    tls_min_version: TlsVersion | None = None
+    offer_alpn: list[AlpnProtocol] | None = None
+    route: list[RouteDoc] | None = None
+
+    @model_validator(mode="after")
+    def _check_tls(self) -> RoutingListenerDoc:
+        if self.certificates is None:
+            for key in ("tls_min_version", "offer_alpn"):
+                if getattr(self, key) is not None:
+                    raise KeyedValueError(
+                        (key,),
+                        f'"{key}" applies only to a listener that terminates TLS: add certificates = '
+                        '["site.pem"] to this listener, or remove it',
+                    )
+        for index, route in enumerate(self.route or ()):
+            action = route.action if route.action is not None else self.default_action
+            if action == "terminate" and self.certificates is None:
                 raise KeyedValueError(
-                    (index, "name"),
-                    f"route name {quote(route.name)} is already used by route[{seen[route.name]}];"
-                    " names must be unique within a listener",
+                    ("route", index, "action"),
+                    'action "terminate" needs the listener\'s certificates: add certificates = '
+                    '["site.pem"] to this listener',
                 )
-            seen[route.name] = index
-        return routes
+            if action == "passthrough" and route.offer_alpn is not None:
+                mode = quote(self.mode)
+                why = (
+                    f'in mode {mode} a route passes TLS through unless it says action = "terminate"'
+                    if route.action is None
+                    else 'this route says action = "passthrough"'
+                )
+                raise KeyedValueError(
+                    ("route", index, "offer_alpn"),
+                    f'"offer_alpn" applies only to a route that terminates TLS, and {why}; '
+                    "a passthrough route leaves ALPN to the backend",
+                )
+        return self
 
     @classmethod
     def backend_refs(cls, entry: Mapping[str, Any]) -> list[tuple[tuple[str | int, ...], str]]:
@@ -998,16 +1166,109 @@ class SniListenerDoc(ListenerDoc):
         return refs
 
     def route_specs(self) -> tuple[RouteSpec, ...]:
-        """The routes, in file order."""
-        return tuple(route.spec(index) for index, route in enumerate(self.route))
+        """The routes, in file order, with the mode's default action and the listener's
+        ``offer_alpn`` filled in."""
+        offer = tuple(self.offer_alpn or ())
+        return tuple(
+            route.spec(index, self.default_action, offer) for index, route in enumerate(self.route or ())
+        )
+
+    def tls_spec(self, path: Callable[[str], str]) -> TlsSpec | None:
+        """The ``certificates`` (the first is the default), ``tls_min_version`` (default
+        ``"1.2"``) and ``offer_alpn``; ``None`` without certificates."""
+        if self.certificates is None:
+            return None
+        return TlsSpec(
+            certificates=tuple(
+                CertFile(cert=path(entry.cert), key=path(entry.key) if entry.key is not None else None)
+                for entry in self.certificates
+            ),
+            min_version=self.tls_min_version or "1.2",
+            offer_alpn=tuple(self.offer_alpn or ()),
+        )
+
+
+class SniListenerDoc(RoutingListenerDoc):
+    """``mode = "sni"``: route TLS by the ClientHello's server name and plaintext HTTP by
+    ``Host``, through ``[[listener.route]]`` tables. TLS passes through undecrypted unless a
+    route says ``action = "terminate"`` (which needs the listener's ``certificates``)."""
+
+    route: list[RouteDoc] = Field(default=[], validate_default=True)
+
+    @field_validator("route")
+    @classmethod
+    def _check_routes(cls, routes: list[RouteDoc]) -> list[RouteDoc]:
+        return _unique_route_names(routes)
+
+
+class TlsListenerDoc(RoutingListenerDoc):
+    """``mode = "tls"``: terminate every connection's TLS with the listener's certificates
+    (chosen by the client's server name) and forward the plaintext.
+
+    Exactly one target: ``backend`` (all traffic), or ``[[listener.route]]`` tables that
+    route by name, ALPN and client address as in ``sni`` mode; here a route terminates
+    unless it says ``action = "passthrough"``.
+    """
+
+    default_action: ClassVar[str] = "terminate"
+
+    certificates: CertificateList
+    backend: Name | None = None
+
+    @field_validator("route")
+    @classmethod
+    def _check_routes(cls, routes: list[RouteDoc] | None) -> list[RouteDoc] | None:
+        return routes if routes is None else _unique_route_names(routes)
+
+    @model_validator(mode="after")
+    def _one_target(self) -> TlsListenerDoc:
+        if self.backend is not None and self.route is not None:
+            raise ValueError(
+                'expected either backend = "<name>" (every connection goes there) or [[listener.route]] '
+                "tables (route by server name), got both"
+            )
+        if self.backend is None and self.route is None:
+            raise ValueError(
+                'missing the target: write backend = "<a [[backend]] name>" to forward every connection '
+                "there, or add [[listener.route]] tables to route by server name"
+            )
+        return self
+
+    @classmethod
+    def backend_refs(cls, entry: Mapping[str, Any]) -> list[tuple[tuple[str | int, ...], str]]:
+        """The ``backend`` key, and the ``backend`` of each route."""
+        return TcpListenerDoc.backend_refs(entry) + super().backend_refs(entry)
+
+    def default_backend(self) -> str | None:
+        """The ``backend`` key (``None`` when routes decide)."""
+        return self.backend
+
+    def route_specs(self) -> tuple[RouteSpec, ...]:
+        """The routes; with ``backend``, one terminating default route called ``"default"``
+        to it, so that the runtime treats both forms alike."""
+        if self.backend is None:
+            return super().route_specs()
+        return (
+            RouteSpec(
+                name="default",
+                match=None,
+                alpn=(),
+                clients=(),
+                backend=self.backend,
+                dial=None,
+                allow=(),
+                action="terminate",
+                offer_alpn=tuple(self.offer_alpn or ()),
+            ),
+        )
 
 
 LISTENER_MODES: Final[Mapping[str, type[ListenerDoc]]] = FrozenMap(
-    {"tcp": TcpListenerDoc, "sni": SniListenerDoc}
+    {"tcp": TcpListenerDoc, "sni": SniListenerDoc, "tls": TlsListenerDoc}
 )
 """Modes this version implements, and the document class of each."""
 
-PLANNED_MODES: Final[tuple[str, ...]] = ("tls", "http-proxy", "gateway")
+PLANNED_MODES: Final[tuple[str, ...]] = ("http-proxy", "gateway")
 """Modes that are designed but not in this version: naming one is an error that says so."""
 
 
@@ -1041,6 +1302,46 @@ class EjectDoc(_Doc):
     cooldown: Duration = 10.0
 
 
+class BackendTlsDoc(_Doc):
+    """``tls = { verify, ca, server_name }`` on a backend; ``tls = true`` is this table with
+    every key left out."""
+
+    verify: bool = True
+    ca: NonEmptyStr | None = None
+    server_name: Annotated[str, BeforeValidator(_tls_server_name)] | None = None
+
+    @model_validator(mode="after")
+    def _ca_needs_verify(self) -> BackendTlsDoc:
+        if not self.verify and self.ca is not None:
+            raise KeyedValueError(
+                ("ca",),
+                '"ca" has no use with verify = false, since the servers\' certificates are not checked: '
+                "remove ca, or set verify = true",
+            )
+        return self
+
+    def spec(self, path: Callable[[str], str]) -> BackendTls:
+        """The runtime form, with ``ca`` made absolute by ``path``."""
+        return BackendTls(
+            verify=self.verify,
+            ca=path(self.ca) if self.ca is not None else None,
+            server_name=self.server_name,
+        )
+
+
+def _backend_tls(value: Any) -> Any:
+    if value is True:
+        return BackendTlsDoc()
+    if value is False:
+        return None
+    if isinstance(value, dict | BackendTlsDoc) or value is None:
+        return value
+    raise ValueError(
+        "expected true, false or a table like "
+        f'{{ verify = true, ca = "ca.pem", server_name = "api.internal" }}, got {quote(value)}'
+    )
+
+
 class BackendDoc(_Doc):
     """``[[backend]]``."""
 
@@ -1052,6 +1353,7 @@ class BackendDoc(_Doc):
     health_check: HealthCheckDoc | None = None
     eject: EjectDoc = EjectDoc()
     send_proxy_protocol: Annotated[str, BeforeValidator(_choice("off", "v1", "v2"))] = "off"
+    tls: Annotated[BackendTlsDoc | None, BeforeValidator(_backend_tls)] = None
 
     @field_validator("servers")
     @classmethod

@@ -10,8 +10,20 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from portway.config.model import BackendSpec, Config, Keepalive, ListenerSpec, ProxyProtocolIn, RouteSpec
+from portway.config.model import (
+    SNI_PLACEHOLDER,
+    BackendSpec,
+    BackendTls,
+    CertFile,
+    Config,
+    Keepalive,
+    ListenerSpec,
+    ProxyProtocolIn,
+    RouteSpec,
+    TlsSpec,
+)
 from portway.config.units import format_duration
+from portway.net.tlsctx import CertError, cert_names
 
 __all__ = ["render_plan"]
 
@@ -69,11 +81,40 @@ def _proxy_protocol(pp: ProxyProtocolIn) -> str:
     return f"{pp.accept}, trusted from {trusted}"
 
 
+def _certificate(entry: CertFile, default: bool) -> str:
+    """``/path/site.pem (a.example.com, *.example.com; until 2030-01-01)``, with the key
+    file if separate; the names are read from the file, and left out if it cannot be read."""
+    shown = entry.cert if entry.key is None else f"{entry.cert}, key {entry.key}"
+    try:
+        names, not_after = cert_names(entry.cert)
+    except CertError:
+        return shown + (" (default)" if default else "")
+    details = [", ".join(names) or "no names", f"until {not_after:%Y-%m-%d}"]
+    if default:
+        details.append("default")
+    return f"{shown} ({'; '.join(details)})"
+
+
+def _tls_rows(tls: TlsSpec | None) -> list[tuple[str, str]]:
+    if tls is None:
+        return []
+    rows = [
+        ("certificates" if position == 0 else "", _certificate(entry, position == 0))
+        for position, entry in enumerate(tls.certificates)
+    ]
+    rows.append(("tls min version", tls.min_version))
+    rows.append(("offer alpn", ", ".join(tls.offer_alpn) or "none"))
+    return rows
+
+
 def _render_listener(listener: ListenerSpec) -> str:
     idle = format_duration(listener.idle_timeout) if listener.idle_timeout else "none"
+    # A tls listener with one backend has one built-in route to it: show the backend instead.
+    single = listener.backend is not None or not listener.routes
     rows = [
         ("bind", ", ".join(str(bind) for bind in listener.bind)),
-        *([] if listener.routes else [("backend", listener.backend or "-")]),
+        *([("backend", listener.backend or "-")] if single else []),
+        *_tls_rows(listener.tls),
         ("sniff timeout", format_duration(listener.sniff_timeout)),
         ("idle timeout", idle),
         ("max connections", str(listener.max_connections)),
@@ -82,14 +123,14 @@ def _render_listener(listener: ListenerSpec) -> str:
         ("relay", listener.relay),
         ("proxy protocol", _proxy_protocol(listener.proxy_protocol)),
     ]
-    return "\n".join(
-        [f"listener {listener.name} (mode {listener.mode})", *_rows(rows, _INDENT), *_routes(listener.routes)]
-    )
+    routes = [] if single else _routes(listener.routes, listener.mode)
+    return "\n".join([f"listener {listener.name} (mode {listener.mode})", *_rows(rows, _INDENT), *routes])
 
 
-def _routes(routes: Sequence[RouteSpec]) -> list[str]:
+def _routes(routes: Sequence[RouteSpec], mode: str) -> list[str]:
     """One line per route: ``route <name>  <match>  <conditions>  -> <target>``, names and
-    patterns aligned."""
+    patterns aligned. The action is shown except for passthrough in an sni listener (where
+    it is the rule), and a terminating route lists the ALPN protocols it offers."""
     if not routes:
         return []
     matches = [
@@ -110,11 +151,32 @@ def _routes(routes: Sequence[RouteSpec]) -> list[str]:
         if route.clients:
             cells.append("clients=" + ",".join(route.clients))
         if route.backend is not None:
-            cells.append(f"-> backend {route.backend}")
+            target = f"backend {route.backend}"
         else:
-            cells.append(f"-> dial {route.dial} allow {','.join(route.allow)}")
+            target = f"dial {route.dial} allow {','.join(route.allow)}"
+        if route.action == "terminate" or mode != "sni":
+            target = f"{route.action}, {target}"
+        cells.append(f"-> {target}")
+        if route.offer_alpn:
+            cells.append("alpn offer " + ",".join(route.offer_alpn))
         lines.append(_INDENT + "  ".join(cells))
     return lines
+
+
+def _backend_tls(tls: BackendTls | None) -> str:
+    if tls is None:
+        return "off"
+    if not tls.verify:
+        check = "no verification"
+    else:
+        check = f"verify with {tls.ca if tls.ca is not None else 'system CAs'}"
+    if tls.server_name is None:
+        name = "each server's host"
+    elif tls.server_name == SNI_PLACEHOLDER:
+        name = f"the client's name ({SNI_PLACEHOLDER})"
+    else:
+        name = tls.server_name
+    return f"{check}, server name {name}"
 
 
 def _render_backend(backend: BackendSpec, used: bool) -> str:
@@ -138,6 +200,7 @@ def _render_backend(backend: BackendSpec, used: bool) -> str:
         ("health check", health),
         ("eject", ejection),
         ("send proxy", backend.send_proxy_protocol),
+        ("tls", _backend_tls(backend.tls)),
     ]
     title = f"backend {backend.name}" + ("" if used else " (not used by any listener)")
     lines = [title, *_rows(rows, _INDENT), f"{_INDENT}servers"]

@@ -13,4 +13,5 @@ from portway.net.listener import ConnectionFactory
 CONNECTION_CLASSES: dict[str, ConnectionFactory] = {
     "tcp": TcpConnection,
     "sni": SniConnection,
+    "tls": SniConnection,  # sni routing where routes terminate by default; see modes/sni.py
 }

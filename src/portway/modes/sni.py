@@ -26,6 +26,7 @@ from portway.context import Context
 from portway.modes.tcp import TcpConnection
 from portway.net.listener import Listener
 from portway.net.sniff import Sniff
+from portway.net.tlsrelay import Endpoint, Handshake
 from portway.proto import NEED_DATA, NeedData, clienthello, httphead
 from portway.route.backend import Pool, Server
 from portway.route.table import Decision, Refusal, Sniffed
@@ -71,7 +72,7 @@ def http_response(status: int, message: str) -> bytes:
 class SniConnection(TcpConnection):
     """One client of an sni listener."""
 
-    __slots__ = ("is_tls", "resolving")
+    __slots__ = ("decision", "is_tls", "resolving")
 
     def __init__(
         self,
@@ -83,6 +84,7 @@ class SniConnection(TcpConnection):
     ) -> None:
         self.is_tls = True
         self.resolving: asyncio.Task[None] | None = None
+        self.decision: Decision | None = None
         super().__init__(ctx, listener, sock, peer, frontend)
 
     # -- sniff ------------------------------------------------------------------------------
@@ -135,18 +137,66 @@ class SniConnection(TcpConnection):
                 self.is_tls = False
                 sniffed = Sniffed(result.host, (), session.client[0], "http")
             session.sni = sniffed.name
+            if not self.is_tls and self.spec.mode == "tls":
+                message = "this port speaks TLS only: use https://"
+                self._answer_and_end(http_response(400, message), Reason.PROTOCOL_ERROR, message)
+                return
             table = self.runtime.tables[self.spec.name]
             decision = table.decide(sniffed)
             if isinstance(decision, Refusal):
                 self._refuse(decision)
                 return
             session.route = decision.route.name
-            if decision.backend is not None:
-                self._dial_backend(decision.backend, bytes(data))
-            else:
-                self._dial_name(decision, bytes(data))
+            if self.is_tls and decision.route.action == "terminate":
+                self._terminate(decision, sniffed.name, bytes(data))
+                return
+            self._forward(decision, bytes(data))
         except Exception as exc:
             self._crash(exc)
+
+    def _forward(self, decision: Decision, prefix: bytes) -> None:
+        if decision.backend is not None:
+            self._dial_backend(decision.backend, prefix)
+        else:
+            self._dial_name(decision, prefix)
+
+    # -- termination ------------------------------------------------------------------------
+    def _terminate(self, decision: Decision, name: str | None, hello: bytes) -> None:
+        """Complete the TLS handshake here, with the certificate for ``name`` and the route's
+        ALPN offer; the ClientHello already read is the handshake's first input."""
+        context = self.runtime.certs[self.spec.name].context_for(name, decision.route.offer_alpn)
+        endpoint = Endpoint.wrap(self.sock, context, server_side=True, server_hostname=None)
+        endpoint.feed(hello)
+        self.client_ep = endpoint
+        self.decision = decision
+        handshake = Handshake(
+            self.ctx.poller,
+            self.ctx.wheel,
+            endpoint,
+            timeout=self.spec.sniff_timeout,
+            client_side=True,
+            on_done=self._on_handshake,
+            on_error=self._on_handshake_failed,
+        )
+        self.stage = handshake
+        handshake.start()
+
+    def _on_handshake(self) -> None:
+        try:
+            endpoint, decision = self.client_ep, self.decision
+            assert endpoint is not None and decision is not None
+            self.decision = None
+            session = self.session
+            session.tls_version, session.alpn = endpoint.describe()
+            self.ctx.stats.handshake(session.listener, session.tls_version, session.alpn)
+            self._forward(decision, b"")
+        except Exception as exc:
+            self._crash(exc)
+
+    def _on_handshake_failed(self, reason: Reason, detail: str) -> None:
+        self.client_ep = None
+        self.decision = None
+        self._end(reason, detail)
 
     # -- answers ----------------------------------------------------------------------------
     def _bad_input(self, exc: clienthello.ClientHelloError | httphead.HeadError) -> None:
@@ -166,8 +216,8 @@ class SniConnection(TcpConnection):
     def _answer_and_end(self, answer: bytes, reason: Reason, detail: str) -> None:
         """Best effort: one non-blocking send, a half-close so it is read, then the end."""
         stage = self.stage
-        if stage is not None and not isinstance(stage, Sniff):
-            self._end(reason, detail)
+        if (stage is not None and not isinstance(stage, Sniff)) or self.client_ep is not None:
+            self._end(reason, detail)  # past the sniff, or inside TLS: no answer in clear
             return
         if isinstance(stage, Sniff):
             stage.cancel()

@@ -29,6 +29,7 @@ from portway.net.listener import Listener
 from portway.net.relay import Relay
 from portway.net.sniff import Sniff
 from portway.net.sockopt import peer_of, tune_dialed
+from portway.net.tlsrelay import Endpoint, Handshake, TlsRelay
 from portway.proto import proxyheader
 from portway.route.backend import Pool, Server
 from portway.runtime import Runtime
@@ -44,6 +45,7 @@ class TcpConnection:
     """One client of a tcp listener, from accept to the access-log record."""
 
     __slots__ = (
+        "client_ep",
         "ctx",
         "dest",
         "ended",
@@ -51,6 +53,7 @@ class TcpConnection:
         "prefix",
         "runtime",
         "server",
+        "server_ep",
         "session",
         "sock",
         "spec",
@@ -75,8 +78,12 @@ class TcpConnection:
         self.runtime: Runtime = listener.runtime
         self.sock = sock
         self.session = ctx.new_session(listener.name, peer, frontend)
-        self.stage: Sniff | Dial | Relay | None = None
+        self.stage: Sniff | Dial | Handshake | Relay | TlsRelay | None = None
         self.server: Server | None = None
+        #: The client side once Portway has completed a TLS handshake with it (terminate).
+        self.client_ep: Endpoint | None = None
+        #: The server side while Portway's TLS handshake with it is in progress.
+        self.server_ep: Endpoint | None = None
         self.dest: tuple[str, int] | None = None
         self.prefix = b""
         self.t_dial = 0.0
@@ -211,13 +218,21 @@ class TcpConnection:
             ctx.stats.connected(backend, session.connect_s)
             spec = self.spec
             tune_dialed(ssock, spec.keepalive)
-            to_server = self.prefix
+            header = b""
             backend_spec = self.runtime.backends.get(backend)
             mode = backend_spec.send_proxy_protocol if backend_spec is not None else "off"
             if mode != "off":
                 dest = self.dest or peer_of(self.sock.getsockname())
                 build = proxyheader.build_v2 if mode == "v2" else proxyheader.build_v1
-                to_server = build(session.client, dest) + to_server
+                header = build(session.client, dest)
+            if backend_spec is not None and backend_spec.tls is not None:
+                self._server_handshake(ssock, server, header)
+                return
+            if self.client_ep is not None:
+                server_ep = Endpoint(ssock)
+                server_ep.write(header)
+                self._tls_relay(server_ep)
+                return
             relay = Relay(
                 ctx.poller,
                 ctx.wheel,
@@ -229,7 +244,7 @@ class TcpConnection:
                 pipes=ctx.pipes,
                 buffers=ctx.buffers,
                 idle_timeout=spec.idle_timeout,
-                to_server=to_server,
+                to_server=header + self.prefix,
             )
             self.stage = relay
             relay.start()
@@ -237,17 +252,74 @@ class TcpConnection:
             self.ctx.poller.close(ssock)
             self._crash(exc)
 
+    def _server_handshake(self, ssock: socket.socket, server: Server, header: bytes) -> None:
+        """TLS to the server (``tls`` on the backend): the PROXY header, if any, goes first in
+        plaintext, then the handshake; the relay starts once it is complete."""
+        session = self.session
+        backend = session.backend or "-"
+        tls = self.runtime.backends[backend].tls
+        assert tls is not None
+        name: str | None = tls.server_name
+        if name == "{sni}":
+            name = session.sni or server.host
+        elif name is None:
+            name = server.host
+        server_ep = Endpoint.wrap(
+            ssock, self.runtime.backend_tls[backend], server_side=False, server_hostname=name
+        )
+        server_ep.out += header
+        self.server_ep = server_ep
+        handshake = Handshake(
+            self.ctx.poller,
+            self.ctx.wheel,
+            server_ep,
+            timeout=self.runtime.backends[backend].connect_timeout,
+            client_side=False,
+            on_done=self._on_server_handshake,
+            on_error=self._end,
+        )
+        self.stage = handshake
+        handshake.start()
+
+    def _on_server_handshake(self) -> None:
+        try:
+            server_ep = self.server_ep
+            assert server_ep is not None
+            self.server_ep = None
+            self._tls_relay(server_ep)
+        except Exception as exc:
+            self._crash(exc)
+
+    def _tls_relay(self, server_ep: Endpoint) -> None:
+        """Relay plaintext between the client (TLS terminated or plain) and ``server_ep``."""
+        client_ep = self.client_ep or Endpoint(self.sock)
+        relay = TlsRelay(
+            self.ctx.poller,
+            self.ctx.wheel,
+            client_ep,
+            server_ep,
+            self.session,
+            self._on_relay_done,
+            idle_timeout=self.spec.idle_timeout,
+            to_server=self.prefix,
+        )
+        self.stage = relay
+        relay.start()
+
     def _on_relay_done(self, reason: Reason, detail: str) -> None:
         self._finish(reason, detail)
 
     def _end(self, reason: Reason, detail: str = "") -> None:
         """End before the relay started: stop the stage and close the client."""
         stage = self.stage
-        if isinstance(stage, Relay):
+        if isinstance(stage, (Relay, TlsRelay)):
             stage.end(reason, detail)
             return
         if stage is not None:
             stage.cancel()
+        if self.server_ep is not None:  # a TLS handshake with the server was under way
+            self.ctx.poller.close(self.server_ep.sock)
+            self.server_ep = None
         self.ctx.poller.close(self.sock)
         self._finish(reason, detail)
 
@@ -256,6 +328,7 @@ class TcpConnection:
             return
         self.ended = True
         self.stage = None  # breaks the connection <-> stage reference cycle
+        self.client_ep = None
         self.session.finish(reason, self.ctx.loop.time(), detail)
         if self.server is not None:
             self.server.release()

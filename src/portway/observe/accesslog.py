@@ -15,7 +15,8 @@ Text format (fields separated by one space, ``-`` for anything unknown)::
 
     <accept time, UTC, ms> <listener> <client> -> <backend>/<server> <server address>
     in=<bytes from client> out=<bytes to client> sniff=<d> connect=<d> total=<d>
-    retries=<n> end=<reason> (<code>) [peer=<tcp peer>] [detail="<escaped>"]
+    retries=<n> end=<reason> (<code>) [sni=<name> route=<route>] [tls=<version> alpn=<protocol>]
+    [peer=<tcp peer>] [detail="<escaped>"]
 
 e.g. ``2026-11-22T08:21:00.123Z db 10.1.2.3:51234 -> postgres/pg1 10.0.0.5:5432 in=1.2KiB
 out=3.4MiB sniff=0.1ms connect=1.2ms total=12.3s retries=0 end=client_closed (CD)``.
@@ -24,7 +25,8 @@ TCP peer.
 
 JSON keys (always all present, ``null`` when unknown): ``time`` (accept, ISO 8601 UTC),
 ``start_unix``, ``end`` (ISO 8601 UTC), ``end_unix``, ``id``, ``listener``, ``client``,
-``peer``, ``frontend``, ``backend``, ``server``, ``server_addr`` (addresses as
+``peer``, ``frontend``, ``sni``, ``route``, ``tls_version`` and ``alpn`` (TLS terminated
+here), ``backend``, ``server``, ``server_addr`` (addresses as
 ``"host:port"``, IPv6 hosts in brackets), ``bytes_in``, ``bytes_out``, ``sniff_s``,
 ``connect_s``, ``total_s``, ``retries``, ``reason`` (the :class:`Reason` value), ``code``
 (HAProxy-style, e.g. ``"CD"``), ``message`` and ``detail``.
@@ -119,6 +121,8 @@ def format_text(s: Session) -> str:
     )
     if s.sni is not None or s.route is not None:
         line += f" sni={s.sni or '-'} route={s.route or '-'}"
+    if s.tls_version is not None:
+        line += f" tls={s.tls_version} alpn={s.alpn or '-'}"
     if s.client != s.peer:
         line += f" peer={_addr(s.peer)}"
     if s.detail:
@@ -141,6 +145,8 @@ def format_json(s: Session) -> str:
         "frontend": _addr(s.frontend),
         "sni": s.sni,
         "route": s.route,
+        "tls_version": s.tls_version,
+        "alpn": s.alpn,
         "backend": s.backend,
         "server": s.server,
         "server_addr": _addr_or_none(s.server_addr),

@@ -48,6 +48,8 @@ Snapshot schema (one worker, from :meth:`WorkerStats.snapshot`)::
         }, ...
       },
       "terminations": {<listener>: {<Reason.value>: int}},   # non-zero reasons only
+      "tls_handshakes": {<listener>: {"<version> <alpn>": int}},  # TLS completed here,
+                                          # e.g. "TLSv1.3 h2"; "-" for no ALPN
       "histograms": {
         "sniff_seconds": {<listener>: HIST},                  # time to decide a route
         "connect_seconds": {<backend>: HIST},                 # time to connect to a server
@@ -69,7 +71,7 @@ keeps the counters monotonic only if ``live`` is exactly the set of sessions tha
 opened and not yet closed.
 
 The merged document (from :func:`merge`) has the same ``listeners``, ``backends``,
-``terminations`` and ``histograms`` keys with every count summed across workers, and:
+``terminations``, ``tls_handshakes`` and ``histograms`` keys with every count summed across workers, and:
 
 - ``"time"``: the newest worker snapshot time;
 - ``"workers"``: one summary per snapshot, in input order:
@@ -200,6 +202,7 @@ class _ListenerStats:
         "ends",
         "max_connections",
         "sniff",
+        "tls",
         "total",
     )
 
@@ -212,6 +215,7 @@ class _ListenerStats:
         self.bytes_out = 0
         self.accept_errors = 0
         self.ends: dict[str, int] = {}
+        self.tls: dict[str, int] = {}
         self.sniff = _Histogram(SNIFF_BUCKETS)
 
 
@@ -423,6 +427,12 @@ class WorkerStats:
         """Observe how long a connection on ``listener`` took to reach a route decision."""
         self._listener(listener).sniff.observe(seconds)
 
+    def handshake(self, listener: str, version: str | None, alpn: str | None) -> None:
+        """A TLS handshake with a client of ``listener`` completed (TLS terminated here)."""
+        key = f"{version or '-'} {alpn or '-'}"
+        tls = self._listener(listener).tls
+        tls[key] = tls.get(key, 0) + 1
+
     def connected(self, backend: str, seconds: float) -> None:
         """Observe how long connecting to a server of ``backend`` took."""
         self._backend(backend).connect.observe(seconds)
@@ -458,6 +468,7 @@ class WorkerStats:
 
         listeners: dict[str, Any] = {}
         terminations: dict[str, dict[str, int]] = {}
+        handshakes: dict[str, dict[str, int]] = {}
         sniff: dict[str, Any] = {}
         for name, ls in self._listeners.items():
             if not ls.declared and ls.active <= 0:
@@ -472,6 +483,8 @@ class WorkerStats:
                 "accept_errors": ls.accept_errors,
             }
             terminations[name] = dict(ls.ends)
+            if ls.tls:
+                handshakes[name] = dict(ls.tls)
             sniff[name] = ls.sniff.snapshot()
 
         backends: dict[str, Any] = {}
@@ -508,6 +521,7 @@ class WorkerStats:
             "listeners": listeners,
             "backends": backends,
             "terminations": terminations,
+            "tls_handshakes": handshakes,
             "histograms": {"sniff_seconds": sniff, "connect_seconds": connect},
         }
 
@@ -551,6 +565,7 @@ def merge(snapshots: Sequence[dict[str, Any]]) -> dict[str, Any]:
     listeners: dict[str, dict[str, Any]] = {}
     backends: dict[str, dict[str, Any]] = {}
     terminations: dict[str, dict[str, int]] = {}
+    handshakes: dict[str, dict[str, int]] = {}
     hists: dict[str, dict[str, dict[str, Any]]] = {"sniff_seconds": {}, "connect_seconds": {}}
     workers: list[dict[str, Any]] = []
 
@@ -605,10 +620,14 @@ def merge(snapshots: Sequence[dict[str, Any]]) -> dict[str, Any]:
                 else:
                     sinto["up"] = False
 
-        for lname, ends in snap.get("terminations", {}).items():
-            tinto = terminations.setdefault(lname, {})
-            for reason, n in ends.items():
-                tinto[reason] = tinto.get(reason, 0) + n
+        for counts, into_all in (
+            (snap.get("terminations", {}), terminations),
+            (snap.get("tls_handshakes", {}), handshakes),
+        ):
+            for lname, ends in counts.items():
+                tinto = into_all.setdefault(lname, {})
+                for key, n in ends.items():
+                    tinto[key] = tinto.get(key, 0) + n
 
         for kind, series in snap.get("histograms", {}).items():
             hinto = hists.setdefault(kind, {})
@@ -622,6 +641,7 @@ def merge(snapshots: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "listeners": listeners,
         "backends": backends,
         "terminations": terminations,
+        "tls_handshakes": handshakes,
         "histograms": hists,
     }
 
@@ -763,6 +783,18 @@ class _MergedCollector:
             for reason in known + sorted(set(counts) - set(known)):
                 terms.add_metric([lname, reason], counts.get(reason, 0))
         yield terms
+
+        tls = CounterMetricFamily(
+            "portway_tls_handshakes",
+            "TLS handshakes completed with clients (TLS terminated here), by version and ALPN.",
+            labels=["listener", "version", "alpn"],
+        )
+        shakes: dict[str, dict[str, int]] = m.get("tls_handshakes", {})
+        for lname in sorted(shakes):
+            for key, n in sorted(shakes[lname].items()):
+                version, _, alpn = key.partition(" ")
+                tls.add_metric([lname, version, alpn], n)
+        yield tls
 
         hists: dict[str, dict[str, dict[str, Any]]] = m.get("histograms", {})
         sniff = HistogramMetricFamily(

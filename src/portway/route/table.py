@@ -149,6 +149,8 @@ class Route:
     """Target: a template like ``"{sni}:443"`` or ``"{name}.internal:8443"``."""
     action: str = "passthrough"
     """``"passthrough"`` or ``"terminate"``; the mode acts on it."""
+    offer_alpn: tuple[str, ...] = ()
+    """A terminating route: the ALPN protocols offered to the client, preferred first."""
     _dial_prefix: str = field(default="", init=False, repr=False, compare=False)
     _dial_suffix: str = field(default="", init=False, repr=False, compare=False)
     _dial_port: int = field(default=0, init=False, repr=False, compare=False)
