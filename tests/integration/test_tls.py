@@ -222,7 +222,13 @@ def edge(tmp_path: Path, lt: LoopThread, edge_ca: trustme.CA, backend_ca: trustm
 def _get(edge: Any, name: str, ca: str, *extra: str) -> subprocess.CompletedProcess[str]:
     port = edge["port"]
     return _curl(
-        "--http1.1", "--resolve", f"{name}:{port}:127.0.0.1", "--cacert", ca, *extra, f"https://{name}:{port}/"
+        "--http1.1",
+        "--resolve",
+        f"{name}:{port}:127.0.0.1",
+        "--cacert",
+        ca,
+        *extra,
+        f"https://{name}:{port}/",
     )
 
 

@@ -197,8 +197,6 @@ def test_tls_fields_in_both_formats() -> None:
     s = finished()
     s.sni, s.route = "app.example.com", "app"
     s.tls_version, s.alpn = "TLSv1.3", "h2"
-    assert format_text(s).endswith(
-        "end=client_closed (CD) sni=app.example.com route=app tls=TLSv1.3 alpn=h2"
-    )
+    assert format_text(s).endswith("end=client_closed (CD) sni=app.example.com route=app tls=TLSv1.3 alpn=h2")
     record = json.loads(format_json(s))
     assert (record["tls_version"], record["alpn"]) == ("TLSv1.3", "h2")
