@@ -20,6 +20,8 @@ from portway.proto.clienthello import (
     Alert,
     ClientHello,
     ClientHelloError,
+    _fast_body,
+    _parse_body,
     alert_record,
     parse,
 )
@@ -426,3 +428,66 @@ def test_arbitrary_bytes_only_give_the_three_outcomes(data: bytes) -> None:
     outcome = assert_decision_is_final(_outcome, data)
     if isinstance(outcome, ClientHello):
         assert 0 < outcome.length <= len(data)
+
+
+def _strict(body: bytes) -> object:
+    try:
+        return _parse_body(body, length=1)
+    except ClientHelloError:
+        return ClientHelloError
+
+
+def _bodies(raw: bytes) -> bytes:
+    """The handshake body of a fixture, whatever the records it came in."""
+    message, pos = b"", 0
+    while pos < len(raw):
+        size = raw[pos + 3] << 8 | raw[pos + 4]
+        message += raw[pos + 5 : pos + 5 + size]
+        pos += 5 + size
+    return message[4:]
+
+
+BODIES = [_bodies(raw) for raw in RAWS]
+
+
+_NAME_BYTES = st.binary(min_size=0, max_size=12) | st.sampled_from(
+    [b"a.test", b"a.test.", b"A.Test", b"a b", b"xn--bcher-kva.example", b"\x00x", b"\x7f"]
+)
+_SNI_EXT = st.lists(st.tuples(st.sampled_from([0, 0, 0, 1, 255]), _NAME_BYTES), max_size=3).map(
+    lambda entries: _ext(0, _sni(*entries))
+)
+_ALPN_EXT = st.lists(
+    st.sampled_from([b"h2", b"http/1.1", b"", b"\x0a\x0a", b"\x1a\x1a", b"\x0a\x1a", b"x" * 3]), max_size=4
+).map(lambda names: _ext(16, _vec(2, b"".join(_vec(1, n) for n in names))))
+_VERSIONS_EXT = st.binary(max_size=7).map(lambda v: _ext(43, _vec(1, v)))
+_STRUCTURED = st.lists(
+    st.one_of(_SNI_EXT, _ALPN_EXT, _VERSIONS_EXT, st.just(_ext(0xFE0D, b"\x00"))), max_size=4
+).map(lambda exts: _body(b"".join(exts)))
+
+
+@_SETTINGS
+@given(
+    st.one_of(
+        _STRUCTURED,
+        st.builds(
+            _corrupt,
+            st.sampled_from(BODIES),
+            st.lists(st.tuples(st.integers(0, 2000), st.integers(0, 255)), min_size=1, max_size=3),
+            st.integers(0, 2000),
+        ),
+        st.sampled_from(BODIES),
+        st.binary(max_size=120).map(_body),
+    )
+)
+def test_fast_path_never_disagrees_with_the_strict_parser(body: bytes) -> None:
+    """The fast path answers only for hellos the strict parser accepts, and answers the same."""
+    fast = _fast_body(body, 1)
+    if fast is not None:
+        assert _strict(body) == fast
+
+
+def test_fast_path_takes_the_usual_hellos() -> None:
+    single = [raw for raw in RAWS if (raw[3] << 8 | raw[4]) + 5 == len(raw)]  # one record each
+    assert len(single) == len(RAWS) - 1  # all but the hand-built multi-record hello
+    for raw in single:
+        assert _fast_body(_bodies(raw), 1) == _strict(_bodies(raw))

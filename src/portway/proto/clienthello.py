@@ -149,6 +149,22 @@ def parse(data: bytes | bytearray | memoryview, *, max_size: int = 65536) -> Cli
     """
     if max_size < _RECORD_HEADER + _HANDSHAKE_HEADER:
         raise ValueError(f"max_size {max_size} cannot hold even a record and a handshake header")
+    # Fast path: the usual hello, whole in one record that holds nothing else, parsed by
+    # _fast_body; anything it does not vouch for goes through the strict path below, which
+    # gives the same answer or says exactly what is wrong.
+    if len(data) >= 9 and data[0] == CONTENT_HANDSHAKE and data[1] == 0x03 and data[2] <= 0x04:
+        record_length = data[3] << 8 | data[4]
+        end = _RECORD_HEADER + record_length
+        if (
+            0 < record_length <= MAX_RECORD_LENGTH
+            and end <= max_size
+            and len(data) >= end
+            and data[5] == HANDSHAKE_CLIENT_HELLO
+            and (data[6] << 16 | data[7] << 8 | data[8]) + _HANDSHAKE_HEADER == record_length
+        ):
+            fast = _fast_body(bytes(data[_RECORD_HEADER + _HANDSHAKE_HEADER : end]), end)
+            if fast is not None:
+                return fast
     raw = bytes(data[:max_size])
     message = bytearray()  # the handshake message reassembled from record fragments
     announced = 0  # fragment bytes the record headers seen so far announce
@@ -370,6 +386,94 @@ def _parse_body(body: bytes, *, length: int) -> ClientHello:
         supported_versions=versions,
         legacy_version=legacy_version,
         has_ech=EXT_ENCRYPTED_CLIENT_HELLO in extensions,
+        length=length,
+    )
+
+
+_SNI_BYTES: Final = bytes(range(0x21, 0x7F))
+"""The bytes a host_name may hold (printable ASCII, no space)."""
+
+
+def _fast_body(body: bytes, length: int) -> ClientHello | None:
+    """The ClientHello in ``body`` when it is well-formed in the usual way, else ``None``.
+
+    Plain indexing, no messages: the fast path of :func:`parse`. It must never accept what
+    :func:`_parse_body` rejects, nor answer differently (a property test holds it to that);
+    returning ``None`` for an unusual but valid hello is fine, the strict path then decides.
+    """
+    n = len(body)
+    if n < 39 or body[0] != 0x03:
+        return None
+    i = 34 + 1 + body[34]  # version, random, legacy_session_id
+    if body[34] > 32 or i + 2 > n:
+        return None
+    suites = body[i] << 8 | body[i + 1]
+    if suites < 2 or suites & 1:
+        return None
+    i += 2 + suites
+    if i + 1 > n or body[i] < 1:
+        return None
+    i += 1 + body[i]  # legacy_compression_methods
+    if i + 2 > n or i + 2 + (body[i] << 8 | body[i + 1]) != n:
+        return None
+    i += 2
+    seen: set[int] = set()
+    sni = alpn = versions = None
+    while i < n:
+        if n - i < 4:
+            return None
+        ext_type = body[i] << 8 | body[i + 1]
+        end = i + 4 + (body[i + 2] << 8 | body[i + 3])
+        if end > n or ext_type in seen:
+            return None
+        seen.add(ext_type)
+        if ext_type == EXT_SERVER_NAME:
+            sni = body[i + 4 : end]
+        elif ext_type == EXT_ALPN:
+            alpn = body[i + 4 : end]
+        elif ext_type == EXT_SUPPORTED_VERSIONS:
+            versions = body[i + 4 : end]
+        i = end
+    server_name: str | None = None
+    if sni is not None:
+        # One host_name entry filling the list: 2-byte list length, type 0, 2-byte name length.
+        size = len(sni)
+        if size < 6 or (sni[0] << 8 | sni[1]) != size - 2 or sni[2] != _HOST_NAME:
+            return None
+        if (sni[3] << 8 | sni[4]) != size - 5:
+            return None
+        name = sni[5:]
+        if name.translate(None, _SNI_BYTES) or name.endswith(b"."):
+            return None
+        server_name = name.decode("ascii").lower()
+    protocols: tuple[str, ...] = ()
+    if alpn is not None:
+        size = len(alpn)
+        if size < 4 or (alpn[0] << 8 | alpn[1]) != size - 2:
+            return None
+        names: list[str] = []
+        j = 2
+        while j < size:
+            k = j + 1 + alpn[j]
+            if alpn[j] == 0 or k > size:
+                return None
+            if not (k - j == 3 and alpn[j + 1] == alpn[j + 2] and alpn[j + 1] & 0x0F == 0x0A):
+                names.append(alpn[j + 1 : k].decode("latin-1"))
+            j = k
+        protocols = tuple(names)
+    supported: tuple[int, ...] = ()
+    if versions is not None:
+        size = len(versions)
+        if size < 3 or versions[0] != size - 1 or not size & 1:
+            return None
+        every = (versions[j] << 8 | versions[j + 1] for j in range(1, size, 2))
+        supported = tuple(v for v in every if not _is_grease(v))
+    return ClientHello(
+        server_name=server_name,
+        alpn=protocols,
+        supported_versions=supported,
+        legacy_version=body[0] << 8 | body[1],
+        has_ech=EXT_ENCRYPTED_CLIENT_HELLO in seen,
         length=length,
     )
 
