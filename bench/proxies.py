@@ -127,7 +127,7 @@ class Portway(Proxy):
         self.description = f'Portway, workers = 1, relay = "{relay}"'
         self.sni_description = (
             'Portway mode = "sni", one [[listener.route]] match = "localhost", '
-            f'workers = 1, relay = "{relay}"'
+            f'workers = 1, relay = "{relay}" (TCP_DEFER_ACCEPT, as on every sni listener)'
         )
 
     def unavailable(self) -> str | None:
@@ -226,8 +226,8 @@ class HAProxy(Proxy):
             ", option splice-request + splice-response" if splice else ", no splice"
         )
         self.sni_description = (
-            "HAProxy mode tcp, nbthread 1, tcp-request inspect-delay 5s + content accept if "
-            "{ req_ssl_hello_type 1 }, use_backend if { req.ssl_sni -i localhost }"
+            "HAProxy mode tcp, nbthread 1, bind defer-accept, tcp-request inspect-delay 5s + content "
+            "accept if { req_ssl_hello_type 1 }, use_backend if { req.ssl_sni -i localhost }"
             + (", option splice-request + splice-response" if splice else ", no splice")
         )
 
@@ -261,7 +261,7 @@ defaults
     timeout server 1h
 {splice}
 frontend bench
-    bind 127.0.0.1:{listen_port}
+    bind 127.0.0.1:{listen_port}{" defer-accept" if self.sni else ""}
     maxconn {maxconn}
 {route}
 backend origin
@@ -308,7 +308,8 @@ class Nginx(Proxy):
     name = "nginx"
     description = "nginx stream proxy_pass, worker_processes 1"
     sni_description = (
-        "nginx stream ssl_preread on, map $ssl_preread_server_name → proxy_pass $up, worker_processes 1"
+        "nginx stream ssl_preread on, map $ssl_preread_server_name → proxy_pass $up, worker_processes 1 "
+        "(its stream listen has no deferred option)"
     )
 
     def unavailable(self) -> str | None:

@@ -102,7 +102,7 @@ class SniConnection(TcpConnection):
                 return
         session = self.session
         left = max(0.0, self.spec.sniff_timeout - (self.ctx.loop.time() - session.start_mono))
-        self.stage = Sniff(
+        sniff = Sniff(
             self.ctx.poller,
             self.ctx.wheel,
             self.sock,
@@ -115,6 +115,8 @@ class SniConnection(TcpConnection):
             on_error=self._on_sniff_error,
             initial=prefix,
         )
+        self.stage = sniff
+        sniff.start()
 
     def _on_sniff_error(self, reason: Reason, detail: str) -> None:
         stage = self.stage

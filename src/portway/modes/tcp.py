@@ -109,7 +109,7 @@ class TcpConnection:
                 f"{peer_ip} is not in proxy_protocol.trusted (a PROXY header is required)",
             )
             return
-        self.stage = Sniff(
+        sniff = Sniff(
             self.ctx.poller,
             self.ctx.wheel,
             self.sock,
@@ -121,6 +121,8 @@ class TcpConnection:
             on_result=self._on_proxy_header,
             on_error=self._end,
         )
+        self.stage = sniff
+        sniff.start()
 
     def _on_proxy_header(self, header: proxyheader.ProxyHeader | None, data: bytearray) -> None:
         try:

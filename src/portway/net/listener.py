@@ -134,8 +134,11 @@ class Listener:
         accepted sockets inherit them.
         """
         self.pause()
+        spec = self.spec
+        client_first = spec.mode in ("sni", "tls") or spec.proxy_protocol.accept == "required"
+        defer = 1 if client_first else 0
         for sock in sockets.values():
-            tune_listener(sock, self.spec.keepalive)
+            tune_listener(sock, spec.keepalive, defer)
         self.sockets = sockets
         self.resume()
 

@@ -36,7 +36,9 @@ class Sniff:
         "on_result",
         "parse",
         "poller",
+        "reading",
         "sock",
+        "timeout",
         "what",
         "wheel",
         "wheel_slot",
@@ -70,10 +72,19 @@ class Sniff:
         #: Every byte read so far, starting with ``initial`` (bytes an earlier stage read).
         self.buf = bytearray(initial)
         self.done = False
+        self.reading = False
         #: The parser's error, when it rejected the bytes (for an answer in the protocol's terms).
         self.error: ProtocolError | None = None
-        wheel.arm(self, timeout)
-        poller.add_reader(sock.fileno(), self._on_readable)
+        self.timeout = timeout
+
+    def start(self) -> None:
+        """Arm the deadline and read: at once (the bytes are often there already, always with
+        ``TCP_DEFER_ACCEPT``), then whenever the socket is readable until a decision."""
+        self.wheel.arm(self, self.timeout)
+        self._on_readable()
+        if not self.done:
+            self.poller.add_reader(self.sock.fileno(), self._on_readable)
+            self.reading = True
 
     def _on_readable(self) -> None:
         try:
@@ -113,7 +124,9 @@ class Sniff:
         if self.done:
             return
         self.done = True
-        self.poller.remove_reader(self.sock.fileno())
+        if self.reading:
+            self.poller.remove_reader(self.sock.fileno())
+            self.reading = False
         self.wheel.disarm(self)
 
     def cancel(self) -> None:

@@ -2,7 +2,10 @@
 
 ``TCP_NODELAY`` keeps the proxy from adding latency to small writes: the client chose its
 segment boundaries and the relay passes them on as they come. TCP keepalive finds dead peers
-on connections that are idle for long.
+on connections that are idle for long. ``TCP_DEFER_ACCEPT`` on a listener whose clients speak
+first (a ClientHello, an HTTP head, a PROXY header) lets the kernel hand over a connection only
+once its first bytes are there: the sniff then reads them at once instead of waiting for a
+readiness event, and a client that connects and says nothing costs no accept.
 
 Linux copies these options from a listening socket to every socket it accepts, so they are
 set once on the listener (:func:`tune_listener`) and not again per client; a dialled socket
@@ -28,9 +31,11 @@ def _apply(sock: socket.socket, keepalive: Keepalive | None, fresh: bool) -> Non
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, max(1, keepalive.count))
 
 
-def tune_listener(sock: socket.socket, keepalive: Keepalive | None) -> None:
-    """Set the options every accepted socket inherits (no-delay, keepalive)."""
+def tune_listener(sock: socket.socket, keepalive: Keepalive | None, defer: int = 0) -> None:
+    """Set the options every accepted socket inherits (no-delay, keepalive), and
+    ``TCP_DEFER_ACCEPT`` to ``defer`` seconds (0: accept at once)."""
     _apply(sock, keepalive, fresh=False)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, defer)
 
 
 def tune_dialed(sock: socket.socket, keepalive: Keepalive | None) -> None:
