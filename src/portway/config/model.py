@@ -61,6 +61,7 @@ from pydantic import (
 )
 
 from portway.config.units import format_hostport, parse_duration, parse_hostport
+from portway.route.destpolicy import ALLOW_EXPECTED, parse_entry
 from portway.route.match import NameMatcher, Networks
 from portway.route.table import Route
 
@@ -691,59 +692,11 @@ def _dial_template(value: Any) -> str:
     return value
 
 
-_ALLOW_EXPECTED: Final = (
-    "expected a CIDR or IP address, or a host pattern (exact or *.suffix), "
-    'each optionally followed by :port or :port-port, like "10.20.0.0/16", "[fd00::/8]:443" '
-    'or "*.lab.example.com:8000-8999"'
-)
-_PORT_RANGE: Final = re.compile(r"(?P<low>[0-9]{1,5})(?:-(?P<high>[0-9]{1,5}))?", re.ASCII)
-_IP_LIKE: Final = re.compile(r"[0-9.]+(/.*)?|.*:.*|.*/.*", re.ASCII | re.DOTALL)
-
-
 def _allow_entry(value: Any) -> str:
-    """An ``allow`` entry: ``CIDR|IP|host pattern`` with an optional ``:port`` or ``:port-port``."""
+    """An ``allow`` entry; the grammar and its messages live in :mod:`portway.route.destpolicy`."""
     if not isinstance(value, str):
-        raise ValueError(f"{_ALLOW_EXPECTED}, got {quote(value)}")
-    host, ports = value, ""
-    if value.startswith("["):
-        end = value.find("]")
-        rest = value[end + 1 :] if end > 0 else ""
-        if end < 0 or (rest and not rest.startswith(":")):
-            raise ValueError(f"{_ALLOW_EXPECTED}, got {quote(value)}")
-        host, ports = value[1:end], rest[1:]
-        if ":" not in host:
-            raise ValueError(f"only an IPv6 address or CIDR goes in brackets, got {quote(value)}")
-    elif value.count(":") == 1:
-        host, _, ports = value.partition(":")
-    if ports or value.endswith(":"):
-        match = _PORT_RANGE.fullmatch(ports)
-        low = int(match["low"]) if match else 0
-        high = int(match["high"] or low) if match else 0
-        if not 1 <= low <= high <= 65535:
-            raise ValueError(
-                f"expected :port or :port-port with ports from 1 to 65535, low to high, got {quote(value)}"
-            )
-    if _IP_LIKE.fullmatch(host):
-        try:
-            ipaddress.ip_network(host)
-        except ValueError:
-            try:
-                loose = ipaddress.ip_network(host, strict=False)
-            except ValueError:
-                hint = ' (write an IPv6 address with a port in brackets, as in "[fd00::/8]:443")'
-                raise ValueError(
-                    f"{_ALLOW_EXPECTED}, got {quote(value)}" + (hint if host.count(":") > 1 else "")
-                ) from None
-            raise ValueError(
-                f'expected a CIDR with no host bits set, got {quote(value)} (did you mean "{loose}"?)'
-            ) from None
-        return value
-    if host.startswith("~"):
-        raise ValueError(
-            f"expected an exact host name or a *.suffix pattern, got {quote(value)} "
-            "(regular expressions are not allowed in an allow-list)"
-        )
-    NameMatcher.parse(host)
+        raise ValueError(f"{ALLOW_EXPECTED}, got {quote(value)}")
+    parse_entry(value)
     return value
 
 

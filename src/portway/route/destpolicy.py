@@ -17,6 +17,7 @@ Rules:
 from __future__ import annotations
 
 import ipaddress
+import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -47,7 +48,15 @@ SPECIAL_RANGES: tuple[tuple[IPNetwork, str], ...] = tuple(
     )
 )
 
-_PORTS = re.compile(r"(?P<lo>\d{1,5})(?:-(?P<hi>\d{1,5}))?")
+ALLOW_EXPECTED = (
+    "expected a CIDR or IP address, or a host pattern (exact or *.suffix), "
+    'each optionally followed by :port or :port-port, like "10.20.0.0/16", "[fd00::/8]:443" '
+    'or "*.lab.example.com:8000-8999"'
+)
+"""The grammar of an ``allow`` entry, as error messages state it."""
+
+_PORTS = re.compile(r"(?P<lo>[0-9]{1,5})(?:-(?P<hi>[0-9]{1,5}))?", re.ASCII)
+_IP_LIKE = re.compile(r"[0-9.]+(/.*)?|.*:.*|.*/.*", re.ASCII | re.DOTALL)
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,37 +81,51 @@ class AllowEntry:
 def parse_entry(text: str) -> AllowEntry:
     """Parse ``10.0.0.0/8``, ``10.1.2.3:443``, ``[fd00::/8]:443``, ``*.lab.example.com:8000-8999``.
 
-    Raises ValueError with a sentence naming the entry.
+    The one parser of the grammar: the configuration validates entries with it, so its
+    :class:`ValueError` messages are the user's (they quote the entry).
     """
+    shown = json.dumps(text, ensure_ascii=False)
     host, ports = text, ""
     if text.startswith("["):
         end = text.find("]")
-        if end < 0:
-            raise ValueError(f"allow entry {text!r}: missing ']'")
-        host, rest = text[1:end], text[end + 1 :]
-        if rest and not rest.startswith(":"):
-            raise ValueError(f"allow entry {text!r}: expected ':port' after ']'")
-        ports = rest[1:]
+        rest = text[end + 1 :] if end > 0 else ""
+        if end < 0 or (rest and not rest.startswith(":")):
+            raise ValueError(f"{ALLOW_EXPECTED}, got {shown}")
+        host, ports = text[1:end], rest[1:]
+        if ":" not in host:
+            raise ValueError(f"only an IPv6 address or CIDR goes in brackets, got {shown}")
     elif text.count(":") == 1:
-        host, ports = text.split(":")
+        host, _, ports = text.partition(":")
     lo, hi = 1, 65535
-    if ports:
+    if ports or text.endswith(":"):
         m = _PORTS.fullmatch(ports)
-        if m is None:
-            raise ValueError(f"allow entry {text!r}: expected a port or a port range like 8000-8999")
-        lo = int(m["lo"])
-        hi = int(m["hi"]) if m["hi"] else lo
+        lo = int(m["lo"]) if m else 0
+        hi = int(m["hi"] or lo) if m else 0
         if not 1 <= lo <= hi <= 65535:
-            raise ValueError(f"allow entry {text!r}: ports must be within 1-65535, low to high")
-    try:
-        network = ipaddress.ip_network(host, strict=True)
-    except ValueError as exc:
-        if any(c.isdigit() for c in host) and ("/" in host or host.replace(".", "").isdigit() or ":" in host):
-            raise ValueError(f"allow entry {text!r}: {exc}") from exc
-        if host.startswith("~"):
-            raise ValueError(f"allow entry {text!r}: regular expressions are not allowed here") from exc
-        return AllowEntry(text, None, NameMatcher.parse(host), lo, hi)
-    return AllowEntry(text, network, None, lo, hi)
+            raise ValueError(
+                f"expected :port or :port-port with ports from 1 to 65535, low to high, got {shown}"
+            )
+    if _IP_LIKE.fullmatch(host):
+        try:
+            network = ipaddress.ip_network(host)
+        except ValueError:
+            try:
+                loose = ipaddress.ip_network(host, strict=False)
+            except ValueError:
+                hint = ' (write an IPv6 address with a port in brackets, as in "[fd00::/8]:443")'
+                raise ValueError(
+                    f"{ALLOW_EXPECTED}, got {shown}" + (hint if host.count(":") > 1 else "")
+                ) from None
+            raise ValueError(
+                f'expected a CIDR with no host bits set, got {shown} (did you mean "{loose}"?)'
+            ) from None
+        return AllowEntry(text, network, None, lo, hi)
+    if host.startswith("~"):
+        raise ValueError(
+            f"expected an exact host name or a *.suffix pattern, got {shown} "
+            "(regular expressions are not allowed in an allow-list)"
+        )
+    return AllowEntry(text, None, NameMatcher.parse(host), lo, hi)
 
 
 def special_range(ip: IPAddress) -> str | None:
