@@ -12,6 +12,7 @@ import signal
 import socket
 import ssl
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -220,6 +221,11 @@ def test_unknown_name_gets_an_alert_and_no_backend_connection(edge: dict[str, ob
 
 def test_plain_http_routed_by_host(edge: dict[str, object]) -> None:
     port = edge["port"]
+    r = _curl("--resolve", f"plain.test:{port}:127.0.0.1", f"http://plain.test:{port}/from-curl")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("backend plain ")  # curl's own request, routed by its Host
+    edge["pw"].wait_access(lambda a: a)  # type: ignore[attr-defined]
+    edge["pw"].access.clear()  # type: ignore[attr-defined]
     head = b"GET /x HTTP/1.1\r\nHost: plain.test\r\nUser-Agent: t\r\n\r\n"
     _, back = roundtrip(port, head)  # type: ignore[arg-type]
     assert back.endswith(
@@ -254,6 +260,14 @@ def test_garbage_and_silence(edge: dict[str, object]) -> None:
         assert s.recv(10) == b""  # closed at the sniff deadline
     reasons = edge["pw"].wait_access(lambda a: len(a) >= 2 and [r["reason"] for r in a])  # type: ignore[attr-defined]
     assert reasons == ["protocol_error", "sniff_timeout"]
+    # Nothing at all: the kernel holds it (TCP_DEFER_ACCEPT) for about a second, then Portway
+    # takes it and closes it at the sniff deadline (500 ms here).
+    with socket.create_connection(("127.0.0.1", port), timeout=15) as s:  # type: ignore[arg-type]
+        t0 = time.monotonic()
+        assert s.recv(10) == b""
+        assert time.monotonic() - t0 >= 0.45
+    rec = edge["pw"].wait_access(lambda a: len(a) >= 3 and a)[2]  # type: ignore[attr-defined]
+    assert rec["reason"] == "sniff_timeout" and rec["bytes_in"] == 0 and "got nothing" in rec["detail"]
 
 
 def test_dial_by_name_refuses_loopback_without_a_network_entry(tmp_path: Path, lt: LoopThread) -> None:
