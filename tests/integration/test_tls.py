@@ -552,3 +552,65 @@ def test_check_reports_a_bad_certificate(tmp_path: Path, edge_ca: trustme.CA) ->
     assert r.returncode != 0
     assert "listener.front.certificates[0]" in r.stderr + r.stdout
     assert "site.pem" in r.stderr + r.stdout
+
+
+def test_terminated_route_sends_a_proxy_header_and_enforces_the_minimum_version(
+    tmp_path: Path, lt: LoopThread, edge_ca: trustme.CA
+) -> None:
+    """The PROXY header goes to the backend before the plaintext; a client below
+    tls_min_version fails the handshake and is logged so."""
+    _write_cert(edge_ca, tmp_path / "site.pem", "front.test")
+    ca = _ca_file(edge_ca, tmp_path / "edge-ca.pem")
+    seen: list[bytes] = []
+
+    async def record(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        seen.append(await reader.read())
+
+    rec = Backend(lt, record)
+    port = free_port()
+    conf = f"""
+workers = 1
+[admin]
+listen = "off"
+[log]
+access = "stdout"
+format = "json"
+
+[[listener]]
+name = "front"
+mode = "tls"
+bind = "127.0.0.1:{port}"
+certificates = ["site.pem"]
+tls_min_version = "1.3"
+backend = "rec"
+
+[[backend]]
+name = "rec"
+servers = [{{ address = "127.0.0.1:{rec.port}" }}]
+send_proxy_protocol = "v1"
+"""
+    pw = Portway(tmp_path, conf).start()
+    try:
+        ctx = ssl.create_default_context(cafile=ca)
+        raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+        with ctx.wrap_socket(raw, server_hostname="front.test") as tls:
+            tls.sendall(b"secret request")
+            local = tls.getsockname()
+        wait_until(lambda: seen, what="the backend got the connection")
+        assert seen[0] == f"PROXY TCP4 127.0.0.1 127.0.0.1 {local[1]} {port}\r\n".encode() + b"secret request"
+        old = ssl.create_default_context(cafile=ca)
+        old.maximum_version = ssl.TLSVersion.TLSv1_2
+        raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+        with pytest.raises(ssl.SSLError):
+            old.wrap_socket(raw, server_hostname="front.test")
+        raw.close()
+        recs = pw.wait_access(lambda a: len(a) >= 2 and a)
+        assert recs[0]["tls_version"] == "TLSv1.3" and recs[0]["bytes_in"] == len(b"secret request")
+        assert recs[1]["reason"] == "tls_handshake_failed"
+        assert (
+            recs[1]["detail"]
+            == "no TLS version both sides accept (see tls_min_version) (unsupported protocol)"
+        )
+        assert rec.accepted == 1
+    finally:
+        pw.stop()

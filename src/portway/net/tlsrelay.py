@@ -185,13 +185,31 @@ class Endpoint:
         return tls.version(), tls.selected_alpn_protocol()
 
 
+#: What the usual OpenSSL reasons mean for whoever reads the log.
+_HINTS = {
+    "UNSUPPORTED_PROTOCOL": "no TLS version both sides accept (see tls_min_version)",
+    "NO_SHARED_CIPHER": "no cipher both sides accept",
+    "WRONG_VERSION_NUMBER": "the peer does not speak TLS",
+    "HTTP_REQUEST": "plain HTTP sent to a TLS port",
+    "TLSV1_ALERT_UNKNOWN_CA": "the peer does not trust the certificate's issuer",
+    "SSLV3_ALERT_BAD_CERTIFICATE": "the peer refused the certificate",
+    "SSLV3_ALERT_CERTIFICATE_UNKNOWN": "the peer refused the certificate",
+    "TLSV1_ALERT_PROTOCOL_VERSION": "the peer accepts no TLS version offered",
+    "NO_APPLICATION_PROTOCOL": "no ALPN protocol both sides accept (see offer_alpn)",
+    "TLSV1_ALERT_NO_APPLICATION_PROTOCOL": "no ALPN protocol both sides accept",
+}
+
+
 def describe_error(exc: ssl.SSLError) -> str:
-    """A short sentence for a TLS failure, e.g. ``certificate verify failed: self-signed
-    certificate`` or ``tlsv1 alert unknown ca``."""
+    """A short sentence for a TLS failure, OpenSSL's reason in parentheses, e.g. ``the peer
+    does not trust the certificate's issuer (tlsv1 alert unknown ca)`` or ``certificate verify
+    failed: self-signed certificate``."""
     if isinstance(exc, ssl.SSLCertVerificationError):
         return f"certificate verify failed: {exc.verify_message}"
-    reason = exc.reason or str(exc)
-    return str(reason).lower().replace("_", " ")
+    reason = str(exc.reason or exc)
+    plain = reason.lower().replace("_", " ")
+    hint = _HINTS.get(reason)
+    return f"{hint} ({plain})" if hint else plain
 
 
 class Handshake:
