@@ -356,3 +356,16 @@ def test_render_json() -> None:
     assert doc["supervisor"]["uptime_s"] > 0
     assert doc["listeners"]["db"]["connections_total"] == 6
     assert doc["backends"]["postgres"]["servers"]["pg3"]["up"] is True
+
+
+def test_stats_json_carries_reason_codes_and_tls_handshakes() -> None:
+    stats = WorkerStats(pid=1)
+    stats.handshake("edge", "TLSv1.3", "h2")
+    stats.handshake("edge", "TLSv1.3", "h2")
+    stats.handshake("edge", "TLSv1.2", None)
+    merged = merge([stats.snapshot(), stats.snapshot()])
+    assert merged["tls_handshakes"] == {"edge": {"TLSv1.3 h2": 4, "TLSv1.2 -": 2}}
+    doc = json.loads(render_json(merged, SupervisorInfo(started=time.time())))
+    assert doc["reason_codes"]["tls_handshake_failed"] == "CR"
+    text = render_prometheus(merged, SupervisorInfo(started=time.time())).decode()
+    assert 'portway_tls_handshakes_total{alpn="-",listener="edge",version="TLSv1.2"} 2.0' in text

@@ -318,7 +318,7 @@ th,td{padding:.25em .8em;border-bottom:1px solid #e4e4e4;text-align:right;white-
 th:first-child,td:first-child{text-align:left}th{background:#f0f0f0}
 .up{color:#080;font-weight:600}.down{color:#c00;font-weight:600}
 tr.be td{font-weight:600;background:#f6f6f6}tr.srv td:first-child{padding-left:2em}
-#status{color:#666;margin:.3em 0}#status.err{color:#c00}
+#status{color:#666;margin:.3em 0}#status.err{color:#c00}td.l{text-align:left}
 </style></head><body>
 <h1>Portway</h1><div id="status">loading…</div>
 <h2>Listeners</h2>
@@ -329,6 +329,12 @@ tr.be td{font-weight:600;background:#f6f6f6}tr.srv td:first-child{padding-left:2
 <table><thead><tr><th>backend / server</th><th>address</th><th>state</th><th>active</th>
 <th>total</th><th>connect failures</th><th>in/s</th><th>out/s</th></tr></thead>
 <tbody id="backends"></tbody></table>
+<h2>Connections ended, by reason</h2>
+<table><thead><tr><th>listener</th><th>reason</th><th>code</th><th>count</th></tr></thead>
+<tbody id="ends"></tbody></table>
+<h2>TLS handshakes (terminated here)</h2>
+<table><thead><tr><th>listener</th><th>version</th><th>ALPN</th><th>count</th></tr></thead>
+<tbody id="tls"></tbody></table>
 <h2>Workers</h2>
 <table><thead><tr><th>pid</th><th>active</th><th>total</th><th>bytes in</th><th>bytes out</th>
 </tr></thead><tbody id="workers"></tbody></table>
@@ -388,6 +394,22 @@ function render(s) {
     }
   }
   fill("backends", rows);
+  const codes = s.reason_codes || {};
+  const ends = [];
+  for (const [name, counts] of Object.entries(s.terminations || {}).sort()) {
+    for (const [reason, n] of Object.entries(counts).sort((a, b) => b[1] - a[1])) {
+      if (n) ends.push(row([name, {text: reason, cls: "l"}, codes[reason] || "", n]));
+    }
+  }
+  fill("ends", ends.length ? ends : [row(["(none yet)", "", "", ""])]);
+  const shakes = [];
+  for (const [name, counts] of Object.entries(s.tls_handshakes || {}).sort()) {
+    for (const [key, n] of Object.entries(counts).sort((a, b) => b[1] - a[1])) {
+      const [version, alpn] = key.split(" ");
+      shakes.push(row([name, {text: version, cls: "l"}, {text: alpn, cls: "l"}, n]));
+    }
+  }
+  fill("tls", shakes.length ? shakes : [row(["(none)", "", "", ""])]);
   fill("workers", (s.workers || []).map(w => row([w.pid, w.active, w.connections_total,
                                                   bytes(w.bytes_in), bytes(w.bytes_out)])));
   const st = document.getElementById("status");

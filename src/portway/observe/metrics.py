@@ -844,8 +844,9 @@ def render_prometheus(merged: dict[str, Any], info: SupervisorInfo) -> bytes:
 
 
 def render_json(merged: dict[str, Any], info: SupervisorInfo) -> bytes:
-    """Render ``/stats``: the merged snapshot plus ``"supervisor"`` (the info and uptime)."""
+    """Render ``/stats``: the merged snapshot plus ``"supervisor"`` (the info and uptime) and
+    ``"reason_codes"`` (each termination reason's two-character code, for the dashboard)."""
     sup = asdict(info)
     sup["uptime_s"] = max(0.0, time.time() - info.started)
-    doc = {"supervisor": sup, **merged}
+    doc = {"supervisor": sup, "reason_codes": {r.value: r.code for r in Reason}, **merged}
     return (json.dumps(doc, indent=2, default=str) + "\n").encode()
