@@ -205,6 +205,8 @@ def edge(tmp_path: Path, lt: LoopThread, edge_ca: trustme.CA, backend_ca: trustm
     port, admin = free_port(), free_port()
     conf = EDGE.format(port=port, admin=admin, origin=origin.port, app=app.port, bulk=bulk.port)
     pw = Portway(tmp_path, conf).start()
+    worker = pw.worker_pids()[0]
+    baseline = fd_count(worker)
     yield {
         "pw": pw,
         "port": port,
@@ -216,6 +218,8 @@ def edge(tmp_path: Path, lt: LoopThread, edge_ca: trustme.CA, backend_ca: trustm
         "backend_ca": _ca_file(backend_ca, tmp_path / "backend-ca.pem"),
         "tmp": tmp_path,
     }
+    # Whatever the test did (handshakes that failed, deadlines, bulk), no descriptor stays open.
+    wait_until(lambda: fd_count(worker) <= baseline, what="worker fds back to the baseline")
     pw.stop()
 
 
