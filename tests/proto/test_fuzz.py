@@ -4,7 +4,8 @@ Seeded from real inputs (captured ClientHellos, HTTP heads, PROXY headers), each
 one (bit flips, byte changes, insertions, deletions, truncation, splices of two seeds, length
 fields set to extremes) and checks the parser's contract: a result, ``NEED_DATA``, or the
 parser's typed error (the PROXY parser may also answer ``None``: no header here), never
-anything else, and a decision that the first ``length`` bytes alone give again. The ClientHello's fast path must agree with its strict parser on every body.
+anything else, and a decision that the first ``length`` bytes alone give again. The
+ClientHello's fast path must agree with its strict parser on every body.
 
 The run is deterministic (fixed seed) and bounded by a count, not by time, so a failure is
 reproduced by running the test again; ``FUZZ_ROUNDS`` raises the count for a deeper local run.
