@@ -2,11 +2,21 @@
 
 Every proxy runs with one worker (one process or one thread doing the work), pinned to the proxy core,
 listening on 127.0.0.1 and forwarding to one upstream on 127.0.0.1. To add a proxy, subclass
-:class:`Proxy`, implement ``write_config`` and ``argv``, and add it to :func:`make_proxies`.
+:class:`Proxy`, implement ``write_config`` and ``argv``, and add it to :data:`PROXY_CLASSES`.
 
-A proxy runs in one of two modes, chosen by the scenario: ``tcp`` (plain forwarding to the upstream)
-or ``sni`` (TLS passthrough routed by the ClientHello's server name: ``self.sni`` is the one name
-routed to the upstream). ``modes`` says which a proxy supports (sniproxy has no plain tcp mode).
+A proxy runs in one of three modes, chosen by the scenario (a :class:`Mode`, ``self.mode`` while it
+runs):
+
+- ``tcp``: plain forwarding to the upstream;
+- ``sni``: TLS passthrough routed by the ClientHello's server name: only ``mode.server_name`` goes to
+  the upstream, which does the TLS;
+- ``tls``: TLS termination with ``mode.certificate`` for every connection, whatever name it asks for
+  (no SNI routing), and plaintext to the upstream.
+
+``modes`` says which a proxy supports (sniproxy only has sni; with TLS terminated in the proxy there
+is nothing to splice, so the relay/splice variants portway-copy and haproxy-splice have no tls mode).
+``description``, ``sni_description`` and ``tls_description`` say how it is configured in each (the
+report shows those of the modes that ran).
 """
 
 from __future__ import annotations
@@ -26,6 +36,47 @@ REPO = Path(__file__).resolve().parent.parent
 #: File descriptors kept aside in a proxy for listeners, logs, pipes, epoll...; the rest is 2 per
 #: proxied connection (client side + server side).
 FD_RESERVE = 512
+
+#: Every mode, in report order (see the module docstring).
+MODES = ("tcp", "sni", "tls")
+
+
+@dataclass(frozen=True)
+class Certificate:
+    """A throwaway self-signed certificate for ``name``: certificate and key as two PEM files, and
+    ``pem``, one file with both (what Portway's ``certificates`` and HAProxy's ``crt`` take)."""
+
+    name: str
+    cert: Path
+    key: Path
+    pem: Path
+
+
+@dataclass(frozen=True)
+class Mode:
+    """How a proxy forwards in a scenario: ``kind`` is one of :data:`MODES`; ``server_name`` is the
+    one name routed in sni mode, ``certificate`` the one served in tls mode."""
+
+    kind: str = "tcp"
+    server_name: str | None = None
+    certificate: Certificate | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in MODES:
+            raise ValueError(f"unknown mode {self.kind!r}")
+        if (self.kind == "sni") != (self.server_name is not None):
+            raise ValueError("sni mode, and only it, needs a server_name")
+        if (self.kind == "tls") != (self.certificate is not None):
+            raise ValueError("tls mode, and only it, needs a certificate")
+
+    @property
+    def cert(self) -> Certificate:
+        """The certificate of tls mode."""
+        assert self.certificate is not None, "only tls mode has a certificate"
+        return self.certificate
+
+
+TCP = Mode()
 
 
 @dataclass
@@ -47,17 +98,20 @@ class Proxy(ABC):
     """A proxy started fresh for each measurement and stopped afterwards."""
 
     name: str = ""
+    #: How it is configured in the tcp scenarios (and the fallback when it ran in none).
     description: str = ""
-    #: How it is configured in the sni scenarios (the report shows it when those ran).
+    #: How it is configured in the sni scenarios.
     sni_description: str = ""
-    #: The modes this proxy can run in: "tcp" and/or "sni".
-    modes: tuple[str, ...] = ("tcp", "sni")
+    #: How it is configured in the tls (termination) scenarios.
+    tls_description: str = ""
+    #: The modes this proxy can run in, a subset of :data:`MODES`.
+    modes: tuple[str, ...] = MODES
 
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
         self.child: Child | None = None
-        #: The server name routed to the upstream when started in sni mode, else None (tcp mode).
-        self.sni: str | None = None
+        #: The mode of the current (or last) run, set by :meth:`start`.
+        self.mode = TCP
 
     # -- to implement -------------------------------------------------------------------------
 
@@ -79,13 +133,16 @@ class Proxy(ABC):
 
     # -- common -------------------------------------------------------------------------------
 
-    def start(self, listen_port: int, upstream_port: int, tag: str, sni: str | None = None) -> None:
-        """Start the proxy, wait until it accepts connections, and pin its whole tree to the proxy core.
+    def mode_description(self, kind: str) -> str:
+        """How this proxy is configured in mode ``kind``."""
+        return {"tcp": self.description, "sni": self.sni_description, "tls": self.tls_description}[kind]
 
-        With ``sni`` the proxy runs in sni mode: TLS passthrough, routing only that server name to
-        the upstream.
-        """
-        self.sni = sni
+    def start(self, listen_port: int, upstream_port: int, tag: str, mode: Mode = TCP) -> None:
+        """Start the proxy in ``mode``, wait until it accepts connections, and pin its whole tree to
+        the proxy core."""
+        if mode.kind not in self.modes:
+            raise StartError(f"{self.name} has no {mode.kind} mode")
+        self.mode = mode
         rundir = self.ctx.workdir / f"{self.name}-{tag}"
         rundir.mkdir(parents=True, exist_ok=True)
         config = self.write_config(listen_port, upstream_port, rundir)
@@ -118,16 +175,22 @@ def _first_line(argv: list[str]) -> str:
 
 
 class Portway(Proxy):
-    """Portway, one worker, one tcp listener; ``relay`` is "auto" (splice) or "copy"."""
+    """Portway, one worker, one listener, with its default ``relay = "auto"`` (splice when it pays)."""
 
-    def __init__(self, ctx: Context, relay: str) -> None:
+    name = "portway"
+    relay = "auto"
+    tls_description = (
+        'Portway mode = "tls", certificates = ["site.pem"] (one self-signed P-256 certificate for '
+        'localhost, chain + key), backend = "origin", workers = 1 (TCP_DEFER_ACCEPT, as on every tls '
+        "listener; relay does not apply to terminated connections)"
+    )
+
+    def __init__(self, ctx: Context) -> None:
         super().__init__(ctx)
-        self.relay = relay
-        self.name = "portway" if relay == "auto" else f"portway-{relay}"
-        self.description = f'Portway, workers = 1, relay = "{relay}"'
+        self.description = f'Portway, workers = 1, relay = "{self.relay}"'
         self.sni_description = (
             'Portway mode = "sni", one [[listener.route]] match = "localhost", '
-            f'workers = 1, relay = "{relay}" (TCP_DEFER_ACCEPT, as on every sni listener)'
+            f'workers = 1, relay = "{self.relay}" (TCP_DEFER_ACCEPT, as on every sni listener)'
         )
 
     def unavailable(self) -> str | None:
@@ -156,15 +219,23 @@ class Portway(Proxy):
         return f"{line} (git {head or 'unknown'})"
 
     def write_config(self, listen_port: int, upstream_port: int, rundir: Path) -> Path:
-        if self.sni:
+        if self.mode.kind == "sni":
             listener = f"""\
                 mode = "sni"
                 bind = "127.0.0.1:{listen_port}"
                 max_connections = 100000
                 relay = "{self.relay}"
                   [[listener.route]]
-                  match = "{self.sni}"
+                  match = "{self.mode.server_name}"
                   backend = "origin"
+                """
+        elif self.mode.kind == "tls":
+            listener = f"""\
+                mode = "tls"
+                bind = "127.0.0.1:{listen_port}"
+                certificates = ["{self.mode.cert.pem}"]
+                backend = "origin"
+                max_connections = 100000
                 """
         else:
             listener = f"""\
@@ -205,30 +276,37 @@ class Portway(Proxy):
         return [*self.ctx.portway_cmd, "run", "-c", str(config)]
 
 
+class PortwayCopy(Portway):
+    """Portway with ``relay = "copy"`` (no splice). No tls mode: terminated connections do not use
+    the relay setting, so it would run the same as ``portway``."""
+
+    name = "portway-copy"
+    relay = "copy"
+    modes = ("tcp", "sni")
+
+
 # ------------------------------------------------------------------------------------ HAProxy
 
 
 class HAProxy(Proxy):
-    """HAProxy ``mode tcp``, ``nbthread 1``; optionally with forced splice both ways.
+    """HAProxy ``mode tcp``, ``nbthread 1``, without splice (see :class:`HAProxySplice`)."""
 
-    ``option splice-auto`` never splices on loopback (see DESIGN.md), so the splice variant forces it
-    with ``option splice-request`` + ``option splice-response``.
-    """
-
+    name = "haproxy"
+    splice = False
+    tls_description = (
+        "HAProxy mode tcp, nbthread 1, bind ssl crt site.pem (one self-signed P-256 certificate for "
+        "localhost, chain + key) defer-accept, default_backend origin, no splice"
+    )
     #: Pipes HAProxy may keep for splicing (each costs 2 fds; default would be maxconn / 4).
     MAXPIPES = 64
 
-    def __init__(self, ctx: Context, splice: bool) -> None:
+    def __init__(self, ctx: Context) -> None:
         super().__init__(ctx)
-        self.splice = splice
-        self.name = "haproxy-splice" if splice else "haproxy"
-        self.description = "HAProxy mode tcp, nbthread 1" + (
-            ", option splice-request + splice-response" if splice else ", no splice"
-        )
+        splice = ", option splice-request + splice-response" if self.splice else ", no splice"
+        self.description = "HAProxy mode tcp, nbthread 1" + splice
         self.sni_description = (
             "HAProxy mode tcp, nbthread 1, bind defer-accept, tcp-request inspect-delay 5s + content "
-            "accept if { req_ssl_hello_type 1 }, use_backend if { req.ssl_sni -i localhost }"
-            + (", option splice-request + splice-response" if splice else ", no splice")
+            "accept if { req_ssl_hello_type 1 }, use_backend if { req.ssl_sni -i localhost }" + splice
         )
 
     def unavailable(self) -> str | None:
@@ -240,12 +318,16 @@ class HAProxy(Proxy):
     def write_config(self, listen_port: int, upstream_port: int, rundir: Path) -> Path:
         maxconn = (self.ctx.fd_limit - 2 * self.MAXPIPES - 200) // 2
         splice = "    option splice-request\n    option splice-response\n" if self.splice else ""
-        if self.sni:
+        bind = f"127.0.0.1:{listen_port}"
+        if self.mode.kind == "sni":
+            bind += " defer-accept"
             route = f"""    tcp-request inspect-delay 5s
     tcp-request content accept if {{ req_ssl_hello_type 1 }}
-    use_backend origin if {{ req.ssl_sni -i {self.sni} }}
+    use_backend origin if {{ req.ssl_sni -i {self.mode.server_name} }}
 """
         else:
+            if self.mode.kind == "tls":
+                bind += f" ssl crt {self.mode.cert.pem} defer-accept"  # as Portway's tls listener
             route = "    default_backend origin\n"
         path = rundir / "haproxy.cfg"
         path.write_text(
@@ -261,7 +343,7 @@ defaults
     timeout server 1h
 {splice}
 frontend bench
-    bind 127.0.0.1:{listen_port}{" defer-accept" if self.sni else ""}
+    bind {bind}
     maxconn {maxconn}
 {route}
 backend origin
@@ -272,6 +354,19 @@ backend origin
 
     def argv(self, config: Path, rundir: Path) -> list[str]:
         return ["haproxy", "-db", "-f", str(config)]
+
+
+class HAProxySplice(HAProxy):
+    """HAProxy with forced splice both ways.
+
+    ``option splice-auto`` never splices on loopback (see DESIGN.md), so this variant forces it with
+    ``option splice-request`` + ``option splice-response``. No tls mode: there is nothing to splice
+    once HAProxy decrypts, so it would run the same as ``haproxy``.
+    """
+
+    name = "haproxy-splice"
+    splice = True
+    modes = ("tcp", "sni")
 
 
 # ------------------------------------------------------------------------------------ nginx
@@ -311,6 +406,11 @@ class Nginx(Proxy):
         "nginx stream ssl_preread on, map $ssl_preread_server_name → proxy_pass $up, worker_processes 1 "
         "(its stream listen has no deferred option)"
     )
+    tls_description = (
+        "nginx stream listen ssl, ssl_certificate + ssl_certificate_key (one self-signed P-256 "
+        "certificate for localhost), ssl_protocols TLSv1.2 TLSv1.3 (nginx < 1.23.4 would stop at 1.2), "
+        "proxy_pass origin, worker_processes 1"
+    )
 
     def unavailable(self) -> str | None:
         if not shutil.which("nginx"):
@@ -325,22 +425,30 @@ class Nginx(Proxy):
     def write_config(self, listen_port: int, upstream_port: int, rundir: Path) -> Path:
         module = nginx_stream_module()
         load = f"load_module {module};\n" if module else ""
-        if self.sni:
+        listen = f"127.0.0.1:{listen_port}"
+        route_map = ""
+        route = f"        proxy_pass 127.0.0.1:{upstream_port};\n"
+        if self.mode.kind == "sni":
             route_map = f"""    map $ssl_preread_server_name $up {{
-        {self.sni} 127.0.0.1:{upstream_port};
+        {self.mode.server_name} 127.0.0.1:{upstream_port};
     }}
 """
             route = "        ssl_preread on;\n        proxy_pass $up;\n"
-        else:
-            route_map = ""
-            route = f"        proxy_pass 127.0.0.1:{upstream_port};\n"
+        elif self.mode.kind == "tls":
+            cert = self.mode.cert
+            listen += " ssl"
+            route = (
+                f"        ssl_certificate {cert.cert};\n"
+                f"        ssl_certificate_key {cert.key};\n"
+                "        ssl_protocols TLSv1.2 TLSv1.3;  # nginx < 1.23.4 would stop at TLS 1.2 by default\n"
+            ) + route
         path = rundir / "nginx.conf"
         path.write_text(
             load
             + nginx_common(rundir, self.ctx.fd_limit - 100, self.ctx.fd_limit)
             + f"""stream {{
 {route_map}    server {{
-        listen 127.0.0.1:{listen_port};
+        listen {listen};
 {route}        proxy_timeout 1h;
     }}
 }}
@@ -382,9 +490,9 @@ class Sniproxy(Proxy):
         return _first_line(["sniproxy", "-V"])
 
     def write_config(self, listen_port: int, upstream_port: int, rundir: Path) -> Path:
-        if not self.sni:
-            raise StartError("sniproxy only runs in sni mode")
-        pattern = "^" + re.escape(self.sni) + "$"  # table entries are regular expressions
+        name = self.mode.server_name
+        assert name is not None  # start() lets only sni mode through
+        pattern = "^" + re.escape(name) + "$"  # table entries are regular expressions
         path = rundir / "sniproxy.conf"
         path.write_text(
             f"""pidfile {rundir}/sniproxy.pid
@@ -410,14 +518,10 @@ table bench {{
         return ["sniproxy", "-f", "-n", str(self.ctx.fd_limit), "-c", str(config)]
 
 
+#: Every known proxy, in report order.
+PROXY_CLASSES: list[type[Proxy]] = [Portway, PortwayCopy, HAProxy, HAProxySplice, Nginx, Sniproxy]
+
+
 def make_proxies(ctx: Context) -> dict[str, Proxy]:
     """Every known proxy, by name, in report order."""
-    proxies: list[Proxy] = [
-        Portway(ctx, "auto"),
-        Portway(ctx, "copy"),
-        HAProxy(ctx, splice=False),
-        HAProxy(ctx, splice=True),
-        Nginx(ctx),
-        Sniproxy(ctx),
-    ]
-    return {p.name: p for p in proxies}
+    return {cls.name: cls(ctx) for cls in PROXY_CLASSES}

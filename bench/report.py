@@ -9,7 +9,7 @@ from typing import Any
 from scenarios import Measured, Metric, Scenario
 
 #: Proxies every other proxy is compared against, run by run (unless the scenario names its own:
-#: the sni scenarios compare with HAProxy without splice, the reference of their floors).
+#: the sni and tls scenarios compare with HAProxy without splice, the reference of their floors).
 REFERENCES = ("haproxy-splice", "nginx")
 
 #: runs[proxy] = one Measured per round (None when that round failed).

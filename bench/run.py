@@ -3,15 +3,17 @@
 
 Each proxy runs with one worker pinned to the proxy core; load generators and backends run on the
 load core. Scenarios (see ``scenarios.py``): ``bulk`` (iperf3), ``short`` (wrk, one connection per
-request) and ``idle`` (RSS per held connection) run by default; ``sni-new`` and ``sni-keepalive``
-(wrk over HTTPS through SNI passthrough, new TLS connections or keep-alive requests) on request. Each
-scenario × proxy runs ``--runs`` times with the proxies interleaved per round, so that ratios can be
-paired round by round. A Markdown report goes to stdout, the full data to
-``bench/results/<timestamp>.json``, progress to stderr.
+request) and ``idle`` (RSS per held connection) run by default; on request, wrk over HTTPS with new
+TLS connections or keep-alive requests, through SNI passthrough (``sni-new``, ``sni-keepalive``) or
+with TLS terminated by the proxy (``tls-new``, ``tls-keepalive``). Each scenario × proxy runs
+``--runs`` times with the proxies interleaved per round, so that ratios can be paired round by round.
+A Markdown report goes to stdout, the full data to ``bench/results/<timestamp>.json``, progress to
+stderr.
 
     python bench/run.py --quick                                   # smoke check
     python bench/run.py --proxies haproxy,haproxy-splice,nginx    # peers only, 3 runs
     python bench/run.py --scenarios sni-new,sni-keepalive         # SNI passthrough, sniproxy included
+    python bench/run.py --scenarios tls-new,tls-keepalive         # TLS termination: portway, haproxy, nginx
 """
 
 from __future__ import annotations
@@ -33,9 +35,20 @@ from types import FrameType
 from typing import Any
 
 from proctree import StartError, free_port, stop_all
-from proxies import REPO, Context, Proxy, Sniproxy, make_proxies
+from proxies import MODES, PROXY_CLASSES, REPO, Context, Proxy, make_proxies
 from report import Runs, markdown, summarize
-from scenarios import Bulk, Idle, Measured, Scenario, Settings, Short, SniKeepalive, SniNew
+from scenarios import (
+    Bulk,
+    Idle,
+    Measured,
+    Scenario,
+    Settings,
+    Short,
+    SniKeepalive,
+    SniNew,
+    TlsKeepalive,
+    TlsNew,
+)
 
 HERE = Path(__file__).resolve().parent
 SCENARIOS: dict[str, type[Scenario]] = {
@@ -44,12 +57,14 @@ SCENARIOS: dict[str, type[Scenario]] = {
     "idle": Idle,
     "sni-new": SniNew,
     "sni-keepalive": SniKeepalive,
+    "tls-new": TlsNew,
+    "tls-keepalive": TlsKeepalive,
 }
-#: What runs without --scenarios (the sni scenarios are asked for by name).
+#: What runs without --scenarios (the sni and tls scenarios are asked for by name).
 DEFAULT_SCENARIOS = ["bulk", "short", "idle"]
-ALL_PROXIES = ["portway", "portway-copy", "haproxy", "haproxy-splice", "nginx", "sniproxy"]
-#: The modes ("tcp", "sni") each proxy supports, to pick the default --proxies for the scenarios.
-PROXY_MODES = {name: Sniproxy.modes if name == "sniproxy" else Proxy.modes for name in ALL_PROXIES}
+ALL_PROXIES = [cls.name for cls in PROXY_CLASSES]
+#: The modes ("tcp", "sni", "tls") each proxy supports, to pick the default --proxies for the scenarios.
+PROXY_MODES = {cls.name: cls.modes for cls in PROXY_CLASSES}
 
 #: Tools needed per scenario and per proxy (portway is checked separately and skipped if absent).
 TOOLS_FOR: dict[str, list[str]] = {
@@ -58,6 +73,8 @@ TOOLS_FOR: dict[str, list[str]] = {
     "idle": [],
     "sni-new": ["wrk", "nginx", "openssl"],
     "sni-keepalive": ["wrk", "nginx", "openssl"],
+    "tls-new": ["wrk", "nginx", "openssl"],
+    "tls-keepalive": ["wrk", "nginx", "openssl"],
     "haproxy": ["haproxy"],
     "haproxy-splice": ["haproxy"],
     "nginx": ["nginx"],
@@ -96,23 +113,33 @@ def int_list(text: str) -> list[int]:
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     """Command line (see the module docstring)."""
+    scenario_list = "\n".join(f"  {name:<14} {cls.kind}  {cls.title}" for name, cls in SCENARIOS.items())
     p = argparse.ArgumentParser(
         prog="python bench/run.py",
         description="Benchmark Portway against HAProxy and nginx on loopback (one worker each, pinned).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=f"""scenarios (name, the proxies' mode, title):
+{scenario_list}
+
+sni-*: the proxies pass TLS through, routed by SNI (localhost), to an nginx HTTPS origin.
+tls-*: the proxies terminate TLS (one self-signed P-256 certificate for localhost, no SNI
+routing) and forward plain HTTP to an nginx HTTP origin. sniproxy has no tls mode; portway-copy
+and haproxy-splice have none either (nothing to splice once TLS is terminated in the proxy).""",
     )
     p.add_argument(
         "--scenarios",
         type=csv(list(SCENARIOS)),
         default=",".join(DEFAULT_SCENARIOS),
-        help=f"comma-separated subset of: {','.join(SCENARIOS)} (default: %(default)s)",
+        help=f"comma-separated subset of: {','.join(SCENARIOS)} (default: %(default)s; the sni and "
+        "tls ones run only when named)",
     )
     p.add_argument(
         "--proxies",
         type=csv(ALL_PROXIES),
         default=None,
-        help=f"comma-separated subset of: {','.join(ALL_PROXIES)} (default: every proxy that supports "
-        "one of the scenarios, i.e. sniproxy only with an sni scenario; portway is skipped with a "
-        "note if it cannot run)",
+        help=f"comma-separated subset of: {','.join(ALL_PROXIES)} (default: every proxy that has the "
+        "mode of one of the scenarios: sniproxy only with an sni scenario, portway-copy and "
+        "haproxy-splice not with tls scenarios alone; portway is skipped with a note if it cannot run)",
     )
     p.add_argument(
         "--runs",
@@ -203,13 +230,16 @@ def cpu_model() -> str:
 
 
 def describe(proxy: Proxy, scenarios: list[str]) -> str:
-    """How ``proxy`` is configured in the selected scenarios (tcp and/or sni mode)."""
-    kinds = {SCENARIOS[name].kind for name in scenarios} & set(proxy.modes)
-    parts = []
-    if "tcp" in kinds:
-        parts.append(proxy.description)
-    if "sni" in kinds:
-        parts.append(("sni scenarios: " if "tcp" in kinds else "") + proxy.sni_description)
+    """How ``proxy`` is configured in the selected scenarios: one description per mode that ran,
+    prefixed with the mode when there are several (tcp's never is)."""
+    ran = {SCENARIOS[name].kind for name in scenarios}
+    kinds = [kind for kind in MODES if kind in ran and kind in proxy.modes]
+    if len(kinds) == 1:
+        return proxy.mode_description(kinds[0])
+    parts = [
+        proxy.mode_description(kind) if kind == "tcp" else f"{kind} scenarios: {proxy.mode_description(kind)}"
+        for kind in kinds
+    ]
     return "; ".join(parts) or proxy.description
 
 
@@ -231,9 +261,9 @@ def run_scenario(
         if scen.kind not in proxy.modes:
             notes.append(f"{proxy.name} does not run the {scen.name} scenario (it has no {scen.kind} mode)")
     proxies_here = [p for p in proxies if scen.kind in p.modes]
-    sni = scen.sni_name if scen.kind == "sni" else None
     scen.setup()
     try:
+        mode = scen.proxy_mode()
         for rnd in range(1, runs + 1):
             merged = {p.name: Measured() for p in proxies}
             for case in scen.cases():
@@ -244,7 +274,7 @@ def run_scenario(
                     log(f"{scen.name} round {rnd}/{runs} {case}: {proxy.name} on :{port}")
                     failure = None
                     try:
-                        proxy.start(port, scen.upstream_port, tag=f"{scen.name}-{rnd}-{case}", sni=sni)
+                        proxy.start(port, scen.upstream_port, tag=f"{scen.name}-{rnd}-{case}", mode=mode)
                         measured = scen.measure(proxy, port, case)
                     except StartError as exc:
                         failure = f"{proxy.name}: failed to start, skipped from here on: {exc}"

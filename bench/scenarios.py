@@ -1,4 +1,5 @@
-"""Benchmark scenarios: bulk transfer (iperf3), short connections (wrk), idle connections (RSS).
+"""Benchmark scenarios: bulk transfer (iperf3), short connections (wrk), idle connections (RSS), and
+wrk over HTTPS with the proxies passing TLS through by SNI (sni-*) or terminating it (tls-*).
 
 A scenario starts its backend once on the load core (``setup``). It has one or more cases (e.g. the
 iperf3 variants, or the idle connection counts); each case is measured on a freshly started proxy
@@ -12,6 +13,7 @@ import json
 import re
 import selectors
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -21,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from proctree import Child, StartError, cpu_seconds, free_port, rss_kib, wait_listening
-from proxies import Proxy, nginx_common
+from proxies import TCP, Certificate, Mode, Proxy, nginx_common
 
 HERE = Path(__file__).resolve().parent
 
@@ -62,10 +64,9 @@ class Scenario(ABC):
 
     name: str = ""
     title: str = ""
-    #: "tcp": the proxies forward plain TCP; "sni": they route TLS by server name (see proxies.py).
+    #: The proxy mode this scenario runs in (see proxies.py): "tcp" (plain forwarding), "sni" (TLS
+    #: passthrough routed by server name) or "tls" (TLS terminated by the proxy).
     kind = "tcp"
-    #: The server name the proxies route in sni scenarios (None for tcp ones).
-    sni_name: str | None = None
     #: The proxies every other proxy is compared against, run by run.
     references: tuple[str, ...] = ("haproxy-splice", "nginx")
 
@@ -81,6 +82,10 @@ class Scenario(ABC):
     @abstractmethod
     def setup(self) -> None:
         """Start the backend on the load core."""
+
+    def proxy_mode(self) -> Mode:
+        """How the proxies run in this scenario (called after ``setup``)."""
+        return TCP
 
     def cases(self) -> list[str]:
         """The cases of this scenario; each runs against a freshly started proxy."""
@@ -198,6 +203,77 @@ class Bulk(Scenario):
         raise RuntimeError("iperf3 server stayed busy")
 
 
+# ------------------------------------------------------------------------------------ origins
+
+
+def make_certificate(rundir: Path, name: str) -> Certificate:
+    """A throwaway self-signed P-256 certificate for ``name`` in ``rundir`` (valid for a day)."""
+    rundir.mkdir(parents=True, exist_ok=True)
+    cert = Certificate(name, cert=rundir / "cert.pem", key=rundir / "key.pem", pem=rundir / "site.pem")
+    argv = ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"]
+    argv += ["-nodes", "-days", "1", "-subj", f"/CN={name}", "-addext", f"subjectAltName=DNS:{name}"]
+    out = subprocess.run(
+        [*argv, "-keyout", str(cert.key), "-out", str(cert.cert)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    if out.returncode != 0:
+        raise StartError(f"openssl req failed: {out.stderr.strip()[:300]}")
+    cert.pem.write_text(cert.cert.read_text() + cert.key.read_text())
+    return cert
+
+
+def nginx_origin(
+    label: str,
+    rundir: Path,
+    port: int,
+    core: int,
+    *,
+    keepalive_requests: int | None = None,
+    tls: Certificate | None = None,
+) -> Child:
+    """Start an nginx origin on ``core`` that answers every request with 200 "ok\\n" (access log off),
+    over HTTPS with ``tls`` (TLS 1.2 and 1.3), else plain HTTP; return it once it listens."""
+    rundir.mkdir(parents=True, exist_ok=True)
+    conf = rundir / "nginx.conf"
+    temps = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    head = "\n".join(f"    {name}_temp_path {rundir}/{name};" for name in temps) + "\n"
+    if keepalive_requests:
+        head += f"    keepalive_requests {keepalive_requests};\n"
+    listen = f"127.0.0.1:{port} backlog=4096"
+    ssl_lines = ""
+    if tls:
+        listen = f"127.0.0.1:{port} ssl backlog=4096"
+        ssl_lines = f"""        server_name {tls.name};
+        ssl_certificate {tls.cert};
+        ssl_certificate_key {tls.key};
+        ssl_protocols TLSv1.2 TLSv1.3;  # nginx < 1.23.4 would stop at TLS 1.2 by default
+"""
+    conf.write_text(
+        nginx_common(rundir, 4096, 8192)
+        + f"""http {{
+    access_log off;
+{head}    server {{
+        listen {listen};
+{ssl_lines}        location / {{
+            return 200 "ok\\n";
+        }}
+    }}
+}}
+"""
+    )
+    origin = Child(
+        label,
+        ["nginx", "-p", f"{rundir}/", "-e", str(rundir / "error.log"), "-c", str(conf)],
+        core=core,
+        log=rundir / "output.log",
+    )
+    wait_listening(port, origin)
+    return origin
+
+
 # ------------------------------------------------------------------------------------ short
 
 
@@ -230,31 +306,7 @@ class Short(Scenario):
 
     def setup(self) -> None:
         rundir = self.s.workdir / "origin"
-        rundir.mkdir(parents=True, exist_ok=True)
-        conf = rundir / "nginx.conf"
-        temps = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
-        temp = "\n".join(f"    {name}_temp_path {rundir}/{name};" for name in temps)
-        conf.write_text(
-            nginx_common(rundir, 4096, 8192)
-            + f"""http {{
-    access_log off;
-{temp}
-    server {{
-        listen 127.0.0.1:{self.upstream_port} backlog=4096;
-        location / {{
-            return 200 "ok\\n";
-        }}
-    }}
-}}
-"""
-        )
-        self.backend = Child(
-            "nginx-origin",
-            ["nginx", "-p", f"{rundir}/", "-e", str(rundir / "error.log"), "-c", str(conf)],
-            core=self.s.load_core,
-            log=rundir / "output.log",
-        )
-        wait_listening(self.upstream_port, self.backend)
+        self.backend = nginx_origin("nginx-origin", rundir, self.upstream_port, self.s.load_core)
 
     def measure(self, proxy: Proxy, port: int, case: str) -> Measured:
         argv = [
@@ -416,7 +468,7 @@ class Idle(Scenario):
         return base, after
 
 
-# ------------------------------------------------------------------------------------ sni
+# ------------------------------------------------------------------------------------ https
 
 
 #: wrk --latency prints "Latency Distribution" then lines like "     99%    5.67ms".
@@ -424,28 +476,43 @@ WRK_P99 = re.compile(r"^\s*99%\s+([\d.]+)(us|ms|s|m)\s*$", re.MULTILINE)
 WRK_UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}
 
 
-class SniScenario(Scenario):
-    """wrk over HTTPS (SNI ``localhost``) through the proxy in sni mode to an nginx HTTPS origin.
+class HttpsScenario(Scenario):
+    """wrk over HTTPS (``https://localhost:PORT/``) through the proxy, to an nginx origin on the load core.
 
-    The proxy routes by the ClientHello's server name and passes the TLS stream on undecrypted; the
-    origin terminates TLS with a self-signed P-256 certificate for ``localhost``. The proxies are
-    compared with HAProxy (``req.ssl_sni``) without splice as the first reference.
+    The base of the sni and tls scenarios: ``setup`` makes a throwaway self-signed P-256 certificate
+    for ``localhost`` and starts the origin (:meth:`start_origin`); each measurement first checks one
+    request by hand (:meth:`probe`: the bench certificate is served and the origin answers), then runs
+    wrk, with ``Connection: close`` (``close``: a new TLS connection per request) or without (requests
+    over established connections). The proxies are compared with HAProxy without splice as the first
+    reference.
     """
 
-    kind = "sni"
     references: tuple[str, ...] = ("haproxy", "nginx")
-    #: The server name wrk sends (it is the URL's host) and the one name the proxies route.
-    sni_name = "localhost"
+    #: The server name wrk sends (it is the URL's host) and the certificate's name.
+    server_name = "localhost"
     #: wrk -H 'Connection: close' (one connection per request) or not (keep-alive).
     close = False
-    rate_key, rate_label, rate_unit = "", "", ""
-    per = ""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        self.certificate: Certificate | None = None
+
+    @abstractmethod
+    def start_origin(self, rundir: Path, certificate: Certificate) -> Child:
+        """Start the origin on the load core, listening on ``upstream_port``."""
+
+    def rate_metric(self) -> Metric:
+        """What wrk's rate measures: new TLS connections (``close``) or keep-alive requests."""
+        if self.close:
+            return Metric("conns_per_s", "new TLS connections/s", "conn/s", "higher", 0)
+        return Metric("req_per_s", "keep-alive requests/s", "req/s", "higher", 0)
 
     def metrics(self) -> list[Metric]:
+        per = "connections" if self.close else "requests"
         return [
-            Metric(self.rate_key, self.rate_label, self.rate_unit, "higher", 0),
+            self.rate_metric(),
             Metric("p99_ms", "p99 latency (wrk --latency)", "ms", "lower", 2),
-            Metric("cpu_ms_per_1k", f"proxy CPU per 1,000 {self.per}", "ms", "lower", 1),
+            Metric("cpu_ms_per_1k", f"proxy CPU per 1,000 {per}", "ms", "lower", 1),
             Metric("busy", "proxy core busy", "%", "", 0, ratio=False),
             Metric(
                 "socket_errors",
@@ -460,80 +527,58 @@ class SniScenario(Scenario):
 
     def setup(self) -> None:
         self._check_resolves_to_ipv4_loopback()
-        rundir = self.s.workdir / f"tls-origin-{self.name}"
-        rundir.mkdir(parents=True, exist_ok=True)
-        cert, key = rundir / "cert.pem", rundir / "key.pem"
-        openssl = [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-days",
-            "1",
-        ]
-        openssl += ["-subj", f"/CN={self.sni_name}", "-addext", f"subjectAltName=DNS:{self.sni_name}"]
-        out = subprocess.run(
-            [*openssl, "-keyout", str(key), "-out", str(cert)],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
-        )
-        if out.returncode != 0:
-            raise StartError(f"openssl req failed: {out.stderr.strip()[:300]}")
-        conf = rundir / "nginx.conf"
-        temps = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
-        temp = "\n".join(f"    {name}_temp_path {rundir}/{name};" for name in temps)
-        conf.write_text(
-            nginx_common(rundir, 4096, 8192)
-            + f"""http {{
-    access_log off;
-{temp}
-    keepalive_requests 100000;
-    server {{
-        listen 127.0.0.1:{self.upstream_port} ssl backlog=4096;
-        server_name {self.sni_name};
-        ssl_certificate {cert};
-        ssl_certificate_key {key};
-        ssl_protocols TLSv1.2 TLSv1.3;  # nginx < 1.23.4 would stop at TLS 1.2 by default
-        location / {{
-            return 200 "ok\\n";
-        }}
-    }}
-}}
-"""
-        )
-        self.backend = Child(
-            f"nginx-tls-origin-{self.name}",
-            ["nginx", "-p", f"{rundir}/", "-e", str(rundir / "error.log"), "-c", str(conf)],
-            core=self.s.load_core,
-            log=rundir / "output.log",
-        )
-        wait_listening(self.upstream_port, self.backend)
+        rundir = self.s.workdir / f"origin-{self.name}"
+        self.certificate = make_certificate(rundir, self.server_name)
+        self.backend = self.start_origin(rundir, self.certificate)
 
     def _check_resolves_to_ipv4_loopback(self) -> None:
         """wrk connects to the first address of the URL's host: it must be 127.0.0.1 (the proxies
         listen on IPv4 loopback only)."""
         try:
-            infos = socket.getaddrinfo(self.sni_name, 443, type=socket.SOCK_STREAM)
+            infos = socket.getaddrinfo(self.server_name, 443, type=socket.SOCK_STREAM)
         except OSError as exc:
-            raise StartError(f"{self.sni_name} does not resolve: {exc}") from exc
+            raise StartError(f"{self.server_name} does not resolve: {exc}") from exc
         first = infos[0][4][0] if infos else None
         if first != "127.0.0.1":
             raise StartError(
-                f"{self.sni_name} resolves to {first} first, not 127.0.0.1: wrk would miss the proxies, "
-                "which listen on 127.0.0.1 only (fix the order in /etc/hosts or gai.conf)"
+                f"{self.server_name} resolves to {first} first, not 127.0.0.1: wrk would miss the "
+                "proxies, which listen on 127.0.0.1 only (fix the order in /etc/hosts or gai.conf)"
             )
 
+    def probe(self, port: int) -> str:
+        """One HTTPS request through the proxy, before the load: check that the bench certificate
+        is the one served and that the origin answers 200 "ok"; return the TLS version."""
+        assert self.certificate is not None
+        expected = ssl.PEM_cert_to_DER_cert(self.certificate.cert.read_text())
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE  # compared by hand below
+        context.options |= ssl.OP_IGNORE_UNEXPECTED_EOF  # a close without close_notify is not our test
+        request = f"GET / HTTP/1.1\r\nHost: {self.server_name}\r\nConnection: close\r\n\r\n"
+        try:
+            with (
+                socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+                context.wrap_socket(raw, server_hostname=self.server_name) as tls,
+            ):
+                served, version = tls.getpeercert(binary_form=True), tls.version() or "?"
+                tls.sendall(request.encode())
+                response = b""
+                while chunk := tls.recv(4096):
+                    response += chunk
+        except (OSError, ssl.SSLError) as exc:
+            raise RuntimeError(f"HTTPS probe failed: {exc}") from exc
+        if served != expected:
+            raise RuntimeError("HTTPS probe: the certificate served is not the bench certificate")
+        if not response.startswith(b"HTTP/1.1 200") or not response.endswith(b"\r\n\r\nok\n"):
+            raise RuntimeError(f"HTTPS probe: unexpected answer {response[:200]!r}")
+        return version
+
     def measure(self, proxy: Proxy, port: int, case: str) -> Measured:
+        version = self.probe(port)
         argv = ["wrk", "-t1", f"-c{self.s.wrk_connections}", f"-d{self.s.duration:g}s", "--timeout", "5s"]
         if self.close:
             argv += ["-H", "Connection: close"]
-        argv += ["--latency", f"https://{self.sni_name}:{port}/"]
+        argv += ["--latency", f"https://{self.server_name}:{port}/"]
         pids = proxy.pids()
         t0, cpu0 = time.monotonic(), cpu_seconds(pids)
         try:
@@ -551,7 +596,7 @@ class SniScenario(Scenario):
         non2xx = WRK_NON2XX.search(out.stdout)
         p99 = WRK_P99.search(out.stdout)
         result = Measured()
-        result.values[self.rate_key] = requests / seconds
+        result.values[self.rate_metric().key] = requests / seconds
         if p99:
             result.values["p99_ms"] = float(p99.group(1)) * WRK_UNITS[p99.group(2)] * 1000
         else:
@@ -563,9 +608,52 @@ class SniScenario(Scenario):
         result.values["non_2xx"] = int(non2xx.group(1)) if non2xx else 0
         if socket_errors:
             result.notes.append(f"{proxy.name} {self.name}: wrk {errors.group(0) if errors else ''}")
+        if version != "TLSv1.3":
+            result.notes.append(f"{proxy.name} {self.name}: the probe negotiated {version}, not TLSv1.3")
         if requests == 0:
             raise RuntimeError(f"wrk completed no request: {out.stdout.strip()[-300:]}")
         return result
+
+
+class SniScenario(HttpsScenario):
+    """SNI passthrough: the proxy routes by the ClientHello's server name (only ``localhost``) and
+    passes the TLS stream on undecrypted; the nginx origin terminates TLS with the certificate."""
+
+    kind = "sni"
+
+    def start_origin(self, rundir: Path, certificate: Certificate) -> Child:
+        return nginx_origin(
+            f"nginx-tls-origin-{self.name}",
+            rundir,
+            self.upstream_port,
+            self.s.load_core,
+            keepalive_requests=100000,
+            tls=certificate,
+        )
+
+    def proxy_mode(self) -> Mode:
+        return Mode("sni", server_name=self.server_name)
+
+
+class TlsScenario(HttpsScenario):
+    """TLS termination: the proxy completes the handshake with the certificate (for every server
+    name: no SNI routing) and forwards plaintext HTTP to a plain nginx origin (the short scenario's,
+    with ``keepalive_requests 100000`` so that keep-alive connections stay up)."""
+
+    kind = "tls"
+
+    def start_origin(self, rundir: Path, certificate: Certificate) -> Child:
+        return nginx_origin(
+            f"nginx-origin-{self.name}",
+            rundir,
+            self.upstream_port,
+            self.s.load_core,
+            keepalive_requests=100000,
+        )
+
+    def proxy_mode(self) -> Mode:
+        assert self.certificate is not None, "setup() makes the certificate"
+        return Mode("tls", certificate=self.certificate)
 
 
 class SniNew(SniScenario):
@@ -575,8 +663,6 @@ class SniNew(SniScenario):
     name = "sni-new"
     title = "SNI passthrough, new TLS connections (wrk -H 'Connection: close' https://localhost)"
     close = True
-    rate_key, rate_label, rate_unit = "conns_per_s", "new TLS connections/s", "conn/s"
-    per = "connections"
 
 
 class SniKeepalive(SniScenario):
@@ -584,6 +670,19 @@ class SniKeepalive(SniScenario):
 
     name = "sni-keepalive"
     title = "SNI passthrough, keep-alive requests (wrk https://localhost, established connections)"
-    close = False
-    rate_key, rate_label, rate_unit = "req_per_s", "keep-alive requests/s", "req/s"
-    per = "requests"
+
+
+class TlsNew(TlsScenario):
+    """A new TLS connection per request (``Connection: close``): the proxy does the handshake, dials
+    the origin, decrypts one request, encrypts the response, and closes."""
+
+    name = "tls-new"
+    title = "TLS termination, new TLS connections (wrk -H 'Connection: close' https://localhost)"
+    close = True
+
+
+class TlsKeepalive(TlsScenario):
+    """wrk's connections stay open: requests/s over established terminated connections."""
+
+    name = "tls-keepalive"
+    title = "TLS termination, keep-alive requests (wrk https://localhost, established connections)"
