@@ -1,4 +1,10 @@
-"""The ``portway`` command line: ``run``, ``check`` and ``version`` (``worker`` is internal)."""
+"""The ``portway`` command line: ``run``, ``check``, ``token``, ``connect`` and ``version``.
+
+``worker`` is internal (``portway run`` starts it). ``token`` and ``connect`` are the two sides
+of the gateway mode: making and reading tokens, and reaching a backend through a gateway.
+Secrets and keys are read from files or environment variables, never from the command line,
+where other users could see them in ``ps`` and the shell keeps them in its history.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +15,12 @@ from collections.abc import Sequence
 
 from portway import __version__, logs
 from portway.config.default import default_config
+from portway.config.keys import load_gateway_keys, weak_secret_warnings
 from portway.config.load import load_file
-from portway.config.model import Config
+from portway.config.model import Config, GatewaySpec
 from portway.config.plan import render_plan
 from portway.errors import ConfigError
+from portway.gatewaycli import add_connect_parser, add_token_parser, connect_command, token_command
 
 DESCRIPTION = """\
 Portway puts many private services behind one public address.
@@ -20,6 +28,8 @@ Portway puts many private services behind one public address.
   portway run                      run the built-in default (admin endpoint + a demo tcp listener)
   portway run -c portway.toml      run your configuration
   portway check -c portway.toml    validate a configuration and print the effective plan
+  portway token encrypt ...        make a gateway token (see: portway token --help)
+  portway connect ...              reach a backend through a gateway from a local port
 
 Signals to the `portway run` process: SIGHUP reloads the file without dropping
 connections, SIGTERM drains and exits, SIGINT (Ctrl-C) exits at once.
@@ -74,6 +84,9 @@ def _parser() -> argparse.ArgumentParser:
         "-c", "--config", metavar="FILE", help="TOML configuration file (default: the built-in default)"
     )
 
+    add_token_parser(sub)
+    add_connect_parser(sub)
+
     sub.add_parser("version", help="print the version")
 
     worker = sub.add_parser("worker")  # internal: started by `portway run`
@@ -85,6 +98,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def _load(path: str | None) -> Config:
     return load_file(path) if path else default_config()
+
+
+def _has_keyring(spec: GatewaySpec) -> bool:
+    return spec.keyring_file is not None or spec.keyring_env is not None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -100,6 +117,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from portway import worker
 
         return worker.main(args.index, args.count, args.control_fd)
+    if args.command == "token":
+        return token_command(args)
+    if args.command == "connect":
+        return connect_command(args)
     try:
         config = _load(args.config)
     except ConfigError as exc:
@@ -133,10 +154,22 @@ def _run(config: Config, args: argparse.Namespace) -> int:
         log.info(
             "no -c given: running the built-in default: the admin endpoint plus a demo tcp "
             "listener on 127.0.0.1:7070 that forwards to it (try: curl http://127.0.0.1:7070/stats). "
-            "The tcp mode is the one available in this version; see README.md to configure yours."
+            "See README.md for the tcp, sni, tls and gateway modes and how to configure yours."
         )
     for listener in config.listeners:
         binds = ", ".join(str(b) for b in listener.bind)
-        target = f"backend {listener.backend}" if listener.backend else f"{len(listener.routes)} routes"
+        if listener.gateway is not None:
+            versions = (
+                "v1 and v2"
+                if listener.gateway.accept_v1 and _has_keyring(listener.gateway)
+                else ("v1" if listener.gateway.accept_v1 else "v2")
+            )
+            target = f"{versions} tokens, {len(listener.gateway.allow)} allow entries"
+            for warning in weak_secret_warnings(load_gateway_keys(listener.gateway), listener.name):
+                log.warning("%s", warning)
+        elif listener.backend:
+            target = f"backend {listener.backend}"
+        else:
+            target = f"{len(listener.routes)} routes"
         log.info("listener %s (%s) on %s -> %s", listener.name, listener.mode, binds, target)
     return supervisor.main(config, args.config, pid_file=args.pid_file, workers=args.workers)

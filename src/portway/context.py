@@ -18,6 +18,7 @@ from portway.net.poller import Poller
 from portway.net.timers import TimerWheel
 from portway.observe.accesslog import AccessLog
 from portway.observe.metrics import WorkerStats
+from portway.route.sourcelimit import SourceLimiter
 from portway.session import Session
 from portway.termination import Reason
 
@@ -44,12 +45,14 @@ class Context:
         "_idle_waiters",
         "access",
         "buffers",
+        "gateway_pending",
         "live",
         "loop",
         "next_id",
         "pid",
         "pipes",
         "poller",
+        "source_limiters",
         "stats",
         "wheel",
         "worker_count",
@@ -77,6 +80,10 @@ class Context:
         self.worker_index = worker_index
         self.worker_count = worker_count
         self._idle_waiters: list[asyncio.Future[None]] = []
+        #: Gateway handshakes in progress, by listener (for ``max_pending``).
+        self.gateway_pending: dict[str, int] = {}
+        #: Failed-handshake buckets by listener; kept across reloads (see route/sourcelimit.py).
+        self.source_limiters: dict[str, SourceLimiter] = {}
 
     def new_session(self, listener: str, peer: tuple[str, int], frontend: tuple[str, int]) -> Session:
         """Start the record of a freshly accepted connection."""

@@ -16,6 +16,7 @@ import socket
 import ssl
 from collections.abc import Callable
 
+from portway.config.keys import GatewayKeys, load_gateway_keys
 from portway.config.model import BackendSpec, Config, HealthCheck, ListenerSpec, RouteSpec
 from portway.net import tlsctx
 from portway.route.backend import Pool, Server, ServerHealth
@@ -67,6 +68,14 @@ class Runtime:
         self.certs: dict[str, tlsctx.CertStore] = {
             listener.name: _cert_store(listener) for listener in config.listeners if listener.tls
         }
+        #: Keys and destination policy of each gateway listener, by listener name; the keys are
+        #: read anew for every generation, which is how they are rotated.
+        self.gateway_keys: dict[str, GatewayKeys] = {}
+        self.gateway_policies: dict[str, DestPolicy] = {}
+        for listener in config.listeners:
+            if listener.gateway is not None:
+                self.gateway_keys[listener.name] = load_gateway_keys(listener.gateway)
+                self.gateway_policies[listener.name] = DestPolicy.parse(listener.gateway.allow)
         #: Route table of each listener that routes (sni), by listener name.
         self.tables: dict[str, RouteTable] = {}
         #: Destination policy of each dial-by-name route, by (listener, route).

@@ -75,9 +75,9 @@ def test_config_lookups() -> None:
 
 
 def test_modes_registry() -> None:
-    assert list(LISTENER_MODES) == ["tcp", "sni", "tls"]
+    assert list(LISTENER_MODES) == ["tcp", "sni", "tls", "gateway"]
     assert all(issubclass(model, ListenerDoc) for model in LISTENER_MODES.values())
-    assert set(PLANNED_MODES) == {"http-proxy", "gateway"}
+    assert set(PLANNED_MODES) == {"http-proxy"}
     assert not set(PLANNED_MODES) & set(LISTENER_MODES)
 
 

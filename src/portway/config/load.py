@@ -41,6 +41,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
+from portway.config.keys import KeyProblem, load_gateway_keys
 from portway.config.model import (
     LISTENER_MODES,
     NAME_PATTERN,
@@ -239,6 +240,7 @@ class _Loader:
         self._check_backend_refs()
         self._check_binds()
         self._check_tls_files(listeners, backends)
+        self._check_gateway_keys(listeners)
 
         if self.issues or document is None:
             ordered = sorted(self.issues, key=lambda pair: pair[0])
@@ -393,6 +395,17 @@ class _Loader:
             except tlsctx.CertError as exc:
                 self.report(("backend", index, "tls", "ca"), _with_fix(exc))
 
+    def _check_gateway_keys(self, listeners: list[tuple[int, ListenerDoc]]) -> None:
+        """Read every gateway's keys as the workers will (files and environment variables)."""
+        for index, doc in listeners:
+            spec = doc.gateway_spec(self._path, DefaultsDoc())
+            if spec is None:
+                continue
+            try:
+                load_gateway_keys(spec)
+            except KeyProblem as exc:
+                self.report(("listener", index, exc.key), str(exc))
+
     # -- resolution ----------------------------------------------------------
 
     def _base_dir(self) -> str:
@@ -483,7 +496,7 @@ def _resolve_listener(doc: ListenerDoc, defaults: DefaultsDoc, path: Callable[[s
         bind=tuple(BindSpec(host, port) for host, port in doc.bind),
         backend=doc.default_backend(),
         max_connections=_pick(doc.max_connections, defaults.max_connections),
-        sniff_timeout=_pick(doc.sniff_timeout, defaults.sniff_timeout),
+        sniff_timeout=_pick(doc.handshake_deadline(), _pick(doc.sniff_timeout, defaults.sniff_timeout)),
         idle_timeout=_pick(doc.idle_timeout, defaults.idle_timeout),
         keepalive=_keepalive(_pick(doc.keepalive, defaults.keepalive)),
         relay=_pick(doc.relay, defaults.relay),
@@ -493,6 +506,7 @@ def _resolve_listener(doc: ListenerDoc, defaults: DefaultsDoc, path: Callable[[s
         ),
         routes=doc.route_specs(),
         tls=doc.tls_spec(path),
+        gateway=doc.gateway_spec(path, defaults),
     )
 
 

@@ -85,6 +85,8 @@ __all__ = [
     "Eject",
     "EjectDoc",
     "FrozenMap",
+    "GatewayListenerDoc",
+    "GatewaySpec",
     "HealthCheck",
     "HealthCheckDoc",
     "Keepalive",
@@ -102,6 +104,8 @@ __all__ = [
     "ServerDoc",
     "ServerSpec",
     "SniListenerDoc",
+    "SourceLimit",
+    "SourceLimitDoc",
     "TcpListenerDoc",
     "TlsListenerDoc",
     "TlsSpec",
@@ -300,6 +304,49 @@ class TlsSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class SourceLimit:
+    """How a gateway slows down, then refuses, a source address whose handshakes keep failing.
+
+    A token bucket per source: each failed handshake takes one token; ``rate`` tokens per
+    second come back, up to ``burst``. Below half a bucket the source's answers are delayed;
+    with none left it is refused for ``ban`` seconds.
+    """
+
+    rate: float
+    burst: int
+    ban: float
+
+
+@dataclass(frozen=True, slots=True)
+class GatewaySpec:
+    """A ``gateway`` listener's keys, destination policy and handshake limits."""
+
+    secrets_file: str | None
+    """Absolute path of the v1 passphrases (one per line), or ``None``."""
+    secrets_env: str | None
+    """Environment variable holding the v1 passphrases (one per line), or ``None``."""
+    keyring_file: str | None
+    """Absolute path of the v2 keyring, or ``None``."""
+    keyring_env: str | None
+    """Environment variable holding the v2 keyring, or ``None``."""
+    accept_v1: bool
+    """Whether v1 (frontd) tokens are accepted; always false without v1 secrets."""
+    v1_digest: str
+    """``"md5"`` (what ``openssl enc -md md5`` and frontd use) or ``"sha256"``."""
+    allow: tuple[str, ...]
+    """Where tokens may send connections (never empty); see :mod:`portway.route.destpolicy`."""
+    line_limit: int
+    """Most bytes before the token line's newline."""
+    max_pending: int
+    """Handshakes in progress at once on this listener (split over the workers)."""
+    connect_timeout: float
+    """Seconds one connect attempt to the backend may take."""
+    retries: int
+    """Extra connect attempts after a timeout (a refusal is not retried)."""
+    source_limit: SourceLimit
+
+
+@dataclass(frozen=True, slots=True)
 class RouteSpec:
     """One ``[[listener.route]]`` of an ``sni`` listener, as written and validated.
 
@@ -360,6 +407,8 @@ class ListenerSpec:
     tls: TlsSpec | None = None
     """Certificates and settings for terminating TLS (``tls`` mode, or ``sni`` routes with
     ``action = "terminate"``); ``None`` when the listener terminates nothing."""
+    gateway: GatewaySpec | None = None
+    """The ``gateway`` mode's keys and policy; ``None`` for the other modes."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -703,6 +752,12 @@ def _allow_entry(value: Any) -> str:
 _ACTIONS: Final = ("passthrough", "terminate")
 
 
+def _positive_number(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise ValueError(f"expected a number above 0, got {quote(value)}")
+    return float(value)
+
+
 def _action(value: Any) -> str:
     return _choice(*_ACTIONS)(value)
 
@@ -912,6 +967,15 @@ class ListenerDoc(_Doc):
     def tls_spec(self, path: Callable[[str], str]) -> TlsSpec | None:
         """How the listener terminates TLS, with every file made absolute by ``path``;
         ``None`` for a listener that terminates nothing."""
+        return None
+
+    def gateway_spec(self, path: Callable[[str], str], defaults: DefaultsDoc) -> GatewaySpec | None:
+        """The gateway mode's settings (``None`` for the other modes)."""
+        return None
+
+    def handshake_deadline(self) -> float | None:
+        """The deadline on reads before routing if the mode names it otherwise (gateway's
+        ``handshake_timeout``); ``None``: ``sniff_timeout`` as inherited."""
         return None
 
 
@@ -1216,12 +1280,112 @@ class TlsListenerDoc(RoutingListenerDoc):
         )
 
 
+class SourceLimitDoc(_Doc):
+    """``source_limit = { rate, burst, ban }`` on a gateway listener."""
+
+    rate: Annotated[float, BeforeValidator(_positive_number)] = 1.0
+    burst: Annotated[int, BeforeValidator(_int_range(1, 100_000))] = 10
+    ban: PositiveDuration = 60.0
+
+
+_ENV_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*", re.ASCII)
+
+
+def _env_name(value: Any) -> str:
+    if not isinstance(value, str) or not _ENV_NAME.fullmatch(value):
+        raise ValueError(
+            f'expected an environment variable name like "PORTWAY_GATEWAY_KEYS", got {quote(value)}'
+        )
+    return value
+
+
+EnvName = Annotated[str, BeforeValidator(_env_name)]
+
+
+class GatewayListenerDoc(ListenerDoc):
+    """``mode = "gateway"``: the client names its backend in an encrypted token line; no
+    backend list. v1 (frontd) tokens need ``secrets_file``/``secrets_env``, v2 tokens a
+    ``keyring_file``/``keyring_env``; ``allow`` says where tokens may lead."""
+
+    secrets_file: NonEmptyStr | None = None
+    secrets_env: EnvName | None = None
+    keyring_file: NonEmptyStr | None = None
+    keyring_env: EnvName | None = None
+    accept_v1: bool | None = None
+    v1_digest: Annotated[str, BeforeValidator(_choice("md5", "sha256"))] = "md5"
+    allow: list[Annotated[str, BeforeValidator(_allow_entry)]]
+    handshake_timeout: PositiveDuration | None = None
+    line_limit: Annotated[int, BeforeValidator(_int_range(64, 65536))] = 4096
+    max_pending: Annotated[int, BeforeValidator(_int_range(1))] = 1000
+    connect_timeout: PositiveDuration | None = None
+    retries: Retries | None = None
+    source_limit: SourceLimitDoc = SourceLimitDoc()
+
+    @model_validator(mode="after")
+    def _keys(self) -> GatewayListenerDoc:
+        for kind in ("secrets", "keyring"):
+            if getattr(self, f"{kind}_file") is not None and getattr(self, f"{kind}_env") is not None:
+                raise KeyedValueError(
+                    (f"{kind}_env",),
+                    f"write either {kind}_file or {kind}_env, not both: they name the same keys",
+                )
+        has_v1 = self.secrets_file is not None or self.secrets_env is not None
+        has_v2 = self.keyring_file is not None or self.keyring_env is not None
+        if not has_v1 and not has_v2:
+            raise ValueError(
+                "a gateway needs keys: keyring_file (v2 tokens, recommended; make one with "
+                "`portway token keygen`) and/or secrets_file (v1 frontd passphrases)"
+            )
+        if self.accept_v1 and not has_v1:
+            raise KeyedValueError(
+                ("accept_v1",),
+                "accept_v1 = true needs the v1 passphrases: add secrets_file or secrets_env",
+            )
+        if not self.allow:
+            raise KeyedValueError(
+                ("allow",),
+                "expected at least one allow entry: name where tokens may lead, e.g. "
+                'allow = ["10.0.0.0/8:22", "*.db.internal:5432"]',
+            )
+        if self.sniff_timeout is not None:
+            raise KeyedValueError(
+                ("sniff_timeout",),
+                "a gateway's deadline on the token line is handshake_timeout; write that instead",
+            )
+        return self
+
+    def handshake_deadline(self) -> float | None:
+        """``handshake_timeout`` (default: the inherited ``sniff_timeout``)."""
+        return self.handshake_timeout
+
+    def gateway_spec(self, path: Callable[[str], str], defaults: DefaultsDoc) -> GatewaySpec | None:
+        """The keys, policy and limits, files made absolute, defaults inherited."""
+        has_v1 = self.secrets_file is not None or self.secrets_env is not None
+        limit = self.source_limit
+        return GatewaySpec(
+            secrets_file=path(self.secrets_file) if self.secrets_file is not None else None,
+            secrets_env=self.secrets_env,
+            keyring_file=path(self.keyring_file) if self.keyring_file is not None else None,
+            keyring_env=self.keyring_env,
+            accept_v1=has_v1 if self.accept_v1 is None else self.accept_v1,
+            v1_digest=self.v1_digest,
+            allow=tuple(self.allow),
+            line_limit=self.line_limit,
+            max_pending=self.max_pending,
+            connect_timeout=self.connect_timeout
+            if self.connect_timeout is not None
+            else defaults.connect_timeout,
+            retries=self.retries if self.retries is not None else defaults.retries,
+            source_limit=SourceLimit(rate=limit.rate, burst=limit.burst, ban=limit.ban),
+        )
+
+
 LISTENER_MODES: Final[Mapping[str, type[ListenerDoc]]] = FrozenMap(
-    {"tcp": TcpListenerDoc, "sni": SniListenerDoc, "tls": TlsListenerDoc}
+    {"tcp": TcpListenerDoc, "sni": SniListenerDoc, "tls": TlsListenerDoc, "gateway": GatewayListenerDoc}
 )
 """Modes this version implements, and the document class of each."""
 
-PLANNED_MODES: Final[tuple[str, ...]] = ("http-proxy", "gateway")
+PLANNED_MODES: Final[tuple[str, ...]] = ("http-proxy",)
 """Modes that are designed but not in this version: naming one is an error that says so."""
 
 

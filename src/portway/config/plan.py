@@ -16,6 +16,7 @@ from portway.config.model import (
     BackendTls,
     CertFile,
     Config,
+    GatewaySpec,
     Keepalive,
     ListenerSpec,
     ProxyProtocolIn,
@@ -111,11 +112,13 @@ def _render_listener(listener: ListenerSpec) -> str:
     idle = format_duration(listener.idle_timeout) if listener.idle_timeout else "none"
     # A tls listener with one backend has one built-in route to it: show the backend instead.
     single = listener.backend is not None or not listener.routes
+    gateway = listener.gateway
     rows = [
         ("bind", ", ".join(str(bind) for bind in listener.bind)),
-        *([("backend", listener.backend or "-")] if single else []),
+        *([("backend", listener.backend or "-")] if single and gateway is None else []),
         *_tls_rows(listener.tls),
-        ("sniff timeout", format_duration(listener.sniff_timeout)),
+        *_gateway_rows(gateway),
+        ("handshake timeout" if gateway else "sniff timeout", format_duration(listener.sniff_timeout)),
         ("idle timeout", idle),
         ("max connections", str(listener.max_connections)),
         ("backlog", str(listener.backlog)),
@@ -125,6 +128,30 @@ def _render_listener(listener: ListenerSpec) -> str:
     ]
     routes = [] if single else _routes(listener.routes, listener.mode)
     return "\n".join([f"listener {listener.name} (mode {listener.mode})", *_rows(rows, _INDENT), *routes])
+
+
+def _gateway_rows(spec: GatewaySpec | None) -> list[tuple[str, str]]:
+    """Where the keys come from (never the keys), the policy and the limits."""
+    if spec is None:
+        return []
+    v2 = spec.keyring_file or (f"${spec.keyring_env}" if spec.keyring_env else None)
+    v1 = spec.secrets_file or (f"${spec.secrets_env}" if spec.secrets_env else None)
+    limit = spec.source_limit
+    return [
+        ("v2 keyring", v2 or "none (v2 tokens refused)"),
+        (
+            "v1 secrets",
+            f"{v1} (digest {spec.v1_digest})" if v1 and spec.accept_v1 else "off (v1 tokens refused)",
+        ),
+        ("allow", ", ".join(spec.allow)),
+        ("line limit", f"{spec.line_limit} bytes"),
+        ("max pending", str(spec.max_pending)),
+        ("connect", f"timeout {format_duration(spec.connect_timeout)}, {spec.retries} retries on timeout"),
+        (
+            "source limit",
+            f"burst {limit.burst}, refill {limit.rate:g}/s, then refused for {format_duration(limit.ban)}",
+        ),
+    ]
 
 
 def _routes(routes: Sequence[RouteSpec], mode: str) -> list[str]:

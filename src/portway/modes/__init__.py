@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+from portway.modes.gateway import GatewayConnection
 from portway.modes.sni import SniConnection
 from portway.modes.tcp import TcpConnection
 from portway.net.listener import ConnectionFactory
@@ -14,4 +15,5 @@ CONNECTION_CLASSES: dict[str, ConnectionFactory] = {
     "tcp": TcpConnection,
     "sni": SniConnection,
     "tls": SniConnection,  # sni routing where routes terminate by default; see modes/sni.py
+    "gateway": GatewayConnection,
 }

@@ -215,22 +215,6 @@ class SniConnection(TcpConnection):
             answer = http_response(refusal.http_status, refusal.message)
         self._answer_and_end(answer, Reason.REFUSED_BY_RULE, refusal.message)
 
-    def _answer_and_end(self, answer: bytes, reason: Reason, detail: str) -> None:
-        """Best effort: one non-blocking send, a half-close so it is read, then the end."""
-        stage = self.stage
-        if (stage is not None and not isinstance(stage, Sniff)) or self.client_ep is not None:
-            self._end(reason, detail)  # past the sniff, or inside TLS: no answer in clear
-            return
-        if isinstance(stage, Sniff):
-            stage.cancel()
-        self.stage = None
-        try:
-            self.sock.send(answer)
-            self.sock.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
-        self._end(reason, detail)
-
     # -- dial by name -----------------------------------------------------------------------
     def _dial_name(self, decision: Decision, prefix: bytes) -> None:
         host, port = decision.dial_host, decision.dial_port

@@ -49,6 +49,7 @@ class TcpConnection:
         "ctx",
         "dest",
         "ended",
+        "greeting",
         "listener",
         "prefix",
         "runtime",
@@ -86,6 +87,8 @@ class TcpConnection:
         self.server_ep: Endpoint | None = None
         self.dest: tuple[str, int] | None = None
         self.prefix = b""
+        #: Bytes for the client before the server's (the gateway's "200").
+        self.greeting = b""
         self.t_dial = 0.0
         self.trusted = False
         self.ended = False
@@ -247,6 +250,7 @@ class TcpConnection:
                 buffers=ctx.buffers,
                 idle_timeout=spec.idle_timeout,
                 to_server=header + self.prefix,
+                to_client=self.greeting,
             )
             self.stage = relay
             relay.start()
@@ -307,6 +311,22 @@ class TcpConnection:
         )
         self.stage = relay
         relay.start()
+
+    def _answer_and_end(self, answer: bytes, reason: Reason, detail: str) -> None:
+        """Best effort: one non-blocking send, a half-close so it is read, then the end."""
+        stage = self.stage
+        if (stage is not None and not isinstance(stage, Sniff)) or self.client_ep is not None:
+            self._end(reason, detail)  # past the sniff, or inside TLS: no answer in clear
+            return
+        if isinstance(stage, Sniff):
+            stage.cancel()
+        self.stage = None
+        try:
+            self.sock.send(answer)
+            self.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+        self._end(reason, detail)
 
     def _on_relay_done(self, reason: Reason, detail: str) -> None:
         self._finish(reason, detail)

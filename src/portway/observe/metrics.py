@@ -50,6 +50,8 @@ Snapshot schema (one worker, from :meth:`WorkerStats.snapshot`)::
       "terminations": {<listener>: {<Reason.value>: int}},   # non-zero reasons only
       "tls_handshakes": {<listener>: {"<version> <alpn>": int}},  # TLS completed here,
                                           # e.g. "TLSv1.3 h2"; "-" for no ALPN
+      "gateway_tokens": {<listener>: {"v1"|"v2": int}},   # tokens a gateway accepted
+      "gateway_replies": {<listener>: {"200"|"400"|...: int}},  # a gateway's answers
       "histograms": {
         "sniff_seconds": {<listener>: HIST},                  # time to decide a route
         "connect_seconds": {<backend>: HIST},                 # time to connect to a server
@@ -200,6 +202,8 @@ class _ListenerStats:
         "bytes_out",
         "declared",
         "ends",
+        "gw_replies",
+        "gw_tokens",
         "max_connections",
         "sniff",
         "tls",
@@ -216,6 +220,8 @@ class _ListenerStats:
         self.accept_errors = 0
         self.ends: dict[str, int] = {}
         self.tls: dict[str, int] = {}
+        self.gw_tokens: dict[str, int] = {}
+        self.gw_replies: dict[str, int] = {}
         self.sniff = _Histogram(SNIFF_BUCKETS)
 
 
@@ -433,6 +439,18 @@ class WorkerStats:
         tls = self._listener(listener).tls
         tls[key] = tls.get(key, 0) + 1
 
+    def gateway_token(self, listener: str, version: int) -> None:
+        """A gateway on ``listener`` accepted a token of ``version`` (1 or 2): how far v1
+        use has gone down is what tells operators when to set ``accept_v1 = false``."""
+        tokens = self._listener(listener).gw_tokens
+        key = f"v{version}"
+        tokens[key] = tokens.get(key, 0) + 1
+
+    def gateway_reply(self, listener: str, code: str) -> None:
+        """A gateway on ``listener`` answered ``code`` ("200", "401", ...)."""
+        replies = self._listener(listener).gw_replies
+        replies[code] = replies.get(code, 0) + 1
+
     def connected(self, backend: str, seconds: float) -> None:
         """Observe how long connecting to a server of ``backend`` took."""
         self._backend(backend).connect.observe(seconds)
@@ -469,6 +487,8 @@ class WorkerStats:
         listeners: dict[str, Any] = {}
         terminations: dict[str, dict[str, int]] = {}
         handshakes: dict[str, dict[str, int]] = {}
+        tokens: dict[str, dict[str, int]] = {}
+        replies: dict[str, dict[str, int]] = {}
         sniff: dict[str, Any] = {}
         for name, ls in self._listeners.items():
             if not ls.declared and ls.active <= 0:
@@ -485,6 +505,10 @@ class WorkerStats:
             terminations[name] = dict(ls.ends)
             if ls.tls:
                 handshakes[name] = dict(ls.tls)
+            if ls.gw_tokens:
+                tokens[name] = dict(ls.gw_tokens)
+            if ls.gw_replies:
+                replies[name] = dict(ls.gw_replies)
             sniff[name] = ls.sniff.snapshot()
 
         backends: dict[str, Any] = {}
@@ -522,6 +546,8 @@ class WorkerStats:
             "backends": backends,
             "terminations": terminations,
             "tls_handshakes": handshakes,
+            "gateway_tokens": tokens,
+            "gateway_replies": replies,
             "histograms": {"sniff_seconds": sniff, "connect_seconds": connect},
         }
 
@@ -566,6 +592,8 @@ def merge(snapshots: Sequence[dict[str, Any]]) -> dict[str, Any]:
     backends: dict[str, dict[str, Any]] = {}
     terminations: dict[str, dict[str, int]] = {}
     handshakes: dict[str, dict[str, int]] = {}
+    tokens: dict[str, dict[str, int]] = {}
+    replies: dict[str, dict[str, int]] = {}
     hists: dict[str, dict[str, dict[str, Any]]] = {"sniff_seconds": {}, "connect_seconds": {}}
     workers: list[dict[str, Any]] = []
 
@@ -623,6 +651,8 @@ def merge(snapshots: Sequence[dict[str, Any]]) -> dict[str, Any]:
         for counts, into_all in (
             (snap.get("terminations", {}), terminations),
             (snap.get("tls_handshakes", {}), handshakes),
+            (snap.get("gateway_tokens", {}), tokens),
+            (snap.get("gateway_replies", {}), replies),
         ):
             for lname, ends in counts.items():
                 tinto = into_all.setdefault(lname, {})
@@ -642,6 +672,8 @@ def merge(snapshots: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "backends": backends,
         "terminations": terminations,
         "tls_handshakes": handshakes,
+        "gateway_tokens": tokens,
+        "gateway_replies": replies,
         "histograms": hists,
     }
 
@@ -795,6 +827,24 @@ class _MergedCollector:
                 version, _, alpn = key.partition(" ")
                 tls.add_metric([lname, version, alpn], n)
         yield tls
+
+        gw_tokens = CounterMetricFamily(
+            "portway_gateway_tokens",
+            "Gateway tokens accepted, by listener and token version (v1: frontd, v2: authenticated).",
+            labels=["listener", "version"],
+        )
+        for lname, counts in sorted(m.get("gateway_tokens", {}).items()):
+            for version in ("v1", "v2"):
+                gw_tokens.add_metric([lname, version], counts.get(version, 0))
+        gw_replies = CounterMetricFamily(
+            "portway_gateway_replies",
+            "Gateway answers, by listener and status code.",
+            labels=["listener", "code"],
+        )
+        for lname, counts in sorted(m.get("gateway_replies", {}).items()):
+            for code, n in sorted(counts.items()):
+                gw_replies.add_metric([lname, code], n)
+        yield from (gw_tokens, gw_replies)
 
         hists: dict[str, dict[str, dict[str, Any]]] = m.get("histograms", {})
         sniff = HistogramMetricFamily(

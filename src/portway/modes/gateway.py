@@ -1,0 +1,260 @@
+"""The gateway mode: the client names its backend in an encrypted token line; no backend list.
+
+accept → [PROXY header] → read one line (``handshake_timeout``, ``line_limit``) → decode the
+token (:mod:`portway.proto.gateway`: v1 frontd tokens and authenticated v2 tokens on one
+listener) → resolve the address → check it against ``allow`` on the IP actually dialled →
+dial (timeouts retried ``retries`` times) → answer ``200`` and relay, the bytes the client sent
+after its newline first. Every answer is exactly three ASCII bytes:
+
+=====  ==================================================================================
+200    connected; the relay runs from here
+400    the line could not be read: no newline within ``line_limit``, or EOF first
+401    the token is not valid (one code path for every v1 and v2 failure: no padding
+       oracle), or a v1 token leads outside ``allow``
+403    an authentic v2 token for a destination outside ``allow``
+502    the backend refused or failed (or its name did not resolve)
+504    the backend did not answer within ``connect_timeout``, ``retries`` + 1 times
+=====  ==================================================================================
+
+``400``/``401``/``403`` come before any dial; nothing is dialled for a token that does not
+pass. A silent client is closed at the deadline without an answer. Failed handshakes count
+against the source address (:mod:`portway.route.sourcelimit`): answers to a source that keeps
+failing are delayed, then the source is refused for a while. Handshakes in progress are capped
+by ``max_pending``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import socket
+import time
+
+from portway.context import Context
+from portway.modes.tcp import TcpConnection
+from portway.net.dial import Dial
+from portway.net.listener import Listener, share_of
+from portway.net.sniff import Sniff
+from portway.proto import NEED_DATA, gateway
+from portway.route.backend import Pool, Server
+from portway.route.sourcelimit import SourceLimiter
+from portway.termination import Reason
+
+log = logging.getLogger("portway.gateway")
+
+OK = b"200"
+BAD_LINE = b"400"
+BAD_TOKEN = b"401"
+FORBIDDEN = b"403"
+BAD_GATEWAY = b"502"
+TIMEOUT = b"504"
+
+
+class GatewayConnection(TcpConnection):
+    """One client of a gateway listener."""
+
+    __slots__ = ("address", "attempts", "later", "pending", "pool", "resolving", "version")
+
+    def __init__(
+        self,
+        ctx: Context,
+        listener: Listener,
+        sock: socket.socket,
+        peer: tuple[str, int],
+        frontend: tuple[str, int],
+    ) -> None:
+        self.address: gateway.Address | None = None
+        self.version = 0
+        self.attempts = 0
+        self.pending = False
+        self.pool: Pool | None = None
+        self.resolving: asyncio.Task[None] | None = None
+        self.later: asyncio.TimerHandle | None = None
+        super().__init__(ctx, listener, sock, peer, frontend)
+
+    # -- limits ----------------------------------------------------------------------------
+    def _limiter(self) -> SourceLimiter:
+        spec = self.spec.gateway
+        assert spec is not None
+        limiters = self.ctx.source_limiters
+        limiter = limiters.get(self.spec.name)
+        if limiter is None:
+            limiter = limiters[self.spec.name] = SourceLimiter(spec.source_limit)
+        elif limiter.limit != spec.source_limit:
+            limiter.limit = spec.source_limit  # a reload changed it: keep the buckets
+        return limiter
+
+    def _set_pending(self, on: bool) -> None:
+        if on == self.pending:
+            return
+        self.pending = on
+        counts = self.ctx.gateway_pending
+        counts[self.spec.name] = counts.get(self.spec.name, 0) + (1 if on else -1)
+
+    # -- the line --------------------------------------------------------------------------
+    def _route(self, prefix: bytes) -> None:
+        """The PROXY header (if any) is done: read the token line."""
+        spec = self.spec.gateway
+        assert spec is not None
+        ip = self.session.client[0]
+        banned = self._limiter().refused_for(ip, time.monotonic())
+        if banned:
+            self._end(
+                Reason.REFUSED_BY_RULE,
+                f"{ip} is refused for {banned:.0f}s more after too many failed handshakes",
+            )
+            return
+        ctx = self.ctx
+        share = share_of(spec.max_pending, ctx.worker_index, ctx.worker_count)
+        if ctx.gateway_pending.get(self.spec.name, 0) >= share:
+            self._end(Reason.REFUSED_BY_RULE, f"{share} handshakes already in progress (max_pending)")
+            return
+        self._set_pending(True)
+        left = max(0.0, self.spec.sniff_timeout - (ctx.loop.time() - self.session.start_mono))
+        sniff = Sniff(
+            ctx.poller,
+            ctx.wheel,
+            self.sock,
+            functools.partial(gateway.parse_line, limit=spec.line_limit),
+            NEED_DATA,
+            what="token line",
+            limit=spec.line_limit + 1,
+            timeout=left,
+            on_result=self._on_line,
+            on_error=self._on_line_error,
+            initial=prefix,
+        )
+        self.stage = sniff
+        sniff.start()
+
+    def _on_line_error(self, reason: Reason, detail: str) -> None:
+        self._set_pending(False)
+        delay = self._limiter().failed(self.session.client[0], time.monotonic())
+        if reason is Reason.SNIFF_TIMEOUT:
+            self._end(reason, detail)  # a silent client gets no answer
+        else:
+            self._answer(BAD_LINE, reason, detail, delay)
+
+    def _on_line(self, line: gateway.Line, data: bytearray) -> None:
+        try:
+            self._set_pending(False)
+            session = self.session
+            session.sniff_s = self.ctx.loop.time() - session.start_mono
+            self.ctx.stats.sniffed(session.listener, session.sniff_s)
+            spec = self.spec.gateway
+            keys = self.runtime.gateway_keys[self.spec.name]
+            assert spec is not None
+            try:
+                version, address = gateway.decode(
+                    line.token,
+                    secrets=keys.secrets,
+                    keyring=keys.keyring,
+                    accept_v1=spec.accept_v1,
+                    digest=spec.v1_digest,
+                    now=time.time(),
+                )
+            except gateway.TokenError as exc:
+                self._refuse(BAD_TOKEN, f"token refused: {exc}")
+                return
+            self.version = version
+            self.address = address
+            self.ctx.stats.gateway_token(session.listener, version)
+            session.sni = str(address)
+            self.prefix = bytes(data[line.length :])
+            if address.kind == "name":
+                self.resolving = self.ctx.loop.create_task(self._resolve(address))
+            else:
+                self._check_and_dial(address.host)
+        except Exception as exc:
+            self._crash(exc)
+
+    async def _resolve(self, address: gateway.Address) -> None:
+        try:
+            try:
+                infos = await self.ctx.loop.getaddrinfo(address.host, address.port, type=socket.SOCK_STREAM)
+            except OSError as exc:
+                self.resolving = None
+                if not self.ended:
+                    why = f"{address.host}: cannot resolve: {exc}"
+                    self._answer(BAD_GATEWAY, Reason.CONNECT_REFUSED, why)
+                return
+            self.resolving = None
+            if not self.ended:
+                self._check_and_dial(str(infos[0][4][0]))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self._crash(exc)
+
+    def _check_and_dial(self, ip: str) -> None:
+        address = self.address
+        assert address is not None
+        policy = self.runtime.gateway_policies[self.spec.name]
+        name = address.host if address.kind == "name" else None
+        why = policy.check(name, ip, address.port)
+        if why is not None:
+            # v1 tokens are not authenticated: a refusal must look like any other bad token.
+            self._refuse(FORBIDDEN if self.version == 2 else BAD_TOKEN, f"destination refused: {why}")
+            return
+        server = Server(str(address), ip, address.port)
+        server.sockaddr = (ip, address.port, 0, 0) if ":" in ip else (ip, address.port)
+        self.pool = Pool(f"gateway:{self.spec.name}", [server])
+        spec = self.spec.gateway
+        assert spec is not None
+        self.greeting = OK
+        self._dial_pool(self.pool, spec.connect_timeout, 0, self.prefix)
+
+    def _on_dial_failed(self, reason: Reason, detail: str) -> None:
+        spec = self.spec.gateway
+        assert spec is not None
+        if reason is Reason.CONNECT_TIMEOUT and self.attempts < spec.retries and self.pool is not None:
+            self.attempts += 1  # (the failed attempt is already counted in session.retries)
+            self.pool.servers[0].health.ejected_until = 0.0
+            self._dial_pool(self.pool, spec.connect_timeout, 0, self.prefix)
+            return
+        dial = self.stage
+        exhausted = dial.exhausted if isinstance(dial, Dial) else None
+        self.stage = None
+        self._answer(TIMEOUT if reason is Reason.CONNECT_TIMEOUT else BAD_GATEWAY, reason, detail)
+        if exhausted is not None:
+            self.listener.out_of_resources(exhausted, "open a socket to a server")
+
+    # -- answers ---------------------------------------------------------------------------
+    def _refuse(self, code: bytes, detail: str) -> None:
+        """A handshake the client is to blame for: counted against its source, then answered."""
+        delay = self._limiter().failed(self.session.client[0], time.monotonic())
+        self._answer(code, Reason.REFUSED_BY_RULE, detail, delay)
+
+    def _answer(self, code: bytes, reason: Reason, detail: str, delay: float = 0.0) -> None:
+        self.ctx.stats.gateway_reply(self.session.listener, code.decode())
+        if delay <= 0:
+            self._answer_and_end(code, reason, detail)
+            return
+        stage = self.stage
+        if isinstance(stage, (Sniff, Dial)):
+            stage.cancel()
+        self.stage = None
+        self.later = self.ctx.loop.call_later(delay, self._answer_now, code, reason, detail)
+
+    def _answer_now(self, code: bytes, reason: Reason, detail: str) -> None:
+        self.later = None
+        self._answer_and_end(code, reason, detail + " (answer delayed: this source keeps failing)")
+
+    def _on_connected(self, ssock: socket.socket, server: Server) -> None:
+        self.ctx.stats.gateway_reply(self.session.listener, "200")
+        super()._on_connected(ssock, server)
+
+    def _finish(self, reason: Reason, detail: str) -> None:
+        self._set_pending(False)
+        super()._finish(reason, detail)
+
+    def abort(self, reason: Reason, detail: str = "") -> None:
+        """End now, whatever the stage (also while resolving or holding back an answer)."""
+        if self.resolving is not None:
+            self.resolving.cancel()
+            self.resolving = None
+        if self.later is not None:
+            self.later.cancel()
+            self.later = None
+        super().abort(reason, detail)
