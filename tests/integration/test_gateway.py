@@ -89,6 +89,7 @@ handshake_timeout = "1s"
 connect_timeout = "400ms"
 retries = 1
 line_limit = {line_limit}
+max_pending = {max_pending}
 source_limit = {{ rate = {rate}, burst = {burst}, ban = "30s" }}
 """
 
@@ -267,14 +268,40 @@ def test_key_rotation_on_reload(gw: Any) -> None:
 
 def test_per_source_limit(tmp_path: Path, lt: LoopThread) -> None:
     echo = echo_backend(lt)
-    (tmp_path / "v1.secrets").write_text(SECRET + "\n")
+    (tmp_path / "v1.secrets").write_text(SECRET + "\nhunter2\n")
     (tmp_path / "v2.keyring").write_text(gateway.Keyring.new_line() + "\n")
-    port = free_port()
+    port, admin = free_port(), free_port()
     conf = CONFIG.format(
-        port=port, admin=free_port(), echo=echo.port, closed=1, hole=2, line_limit=64, burst=4, rate=0.01
+        port=port,
+        admin=admin,
+        echo=echo.port,
+        closed=1,
+        hole=2,
+        line_limit=64,
+        burst=4,
+        rate=0.01,
+        max_pending=2,
     )
     pw = Portway(tmp_path, conf).start()
     try:
+        warning = pw.wait_for(r"v1 passphrase #2")  # a short secret is warned about, never shown
+        assert "WARNING" in warning or "warning" in warning.lower()
+        assert "hunter2" not in "\n".join(pw.log)
+        assert "passphrase #1" not in "\n".join(pw.log)
+        # Two handshakes in progress fill max_pending; a third is closed unanswered.
+        held = [
+            socket.create_connection(("127.0.0.1", port), source_address=("127.0.0.20", 0)) for _ in range(2)
+        ]
+        for s in held:
+            s.sendall(b"U2Fs")  # half a line: accepted (the kernel defers silent ones), pending
+        wait_until(lambda: pw.stats(admin)["listeners"]["gw"]["active"] == 2, what="two pending handshakes")
+        assert _ask(port, b"U2Fs", source="127.0.0.21") == b""
+        for s in held:
+            s.close()
+        rec = pw.wait_access(lambda a: [r for r in a if "max_pending" in r["detail"]])[0]
+        assert rec["reason"] == "refused_by_rule" and rec["client"].startswith("127.0.0.21:")
+        pw.wait_access(lambda a: len(a) >= 3)
+        pw.access.clear()
         assert _ask(port, b"y" * 65, source="127.0.0.9") == b"400"  # 65 bytes, no newline: 400
         answers = []
         t0 = time.monotonic()
