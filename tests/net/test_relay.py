@@ -208,3 +208,11 @@ def test_reset_by_server_ends_with_server_closed(listener: socket.socket) -> Non
         assert detail  # says what happened, e.g. "Connection reset by peer"
 
     _run(main)
+
+
+def test_idle_check_blames_the_side_silent_longer() -> None:
+    from portway.net.relay import idle_check
+
+    assert idle_check(10.0, 12.0, 5.0, 15.0) == (2.0, Reason.CLIENT_IDLE_TIMEOUT)  # moved 3 s ago: re-arm
+    assert idle_check(10.0, 12.0, 5.0, 17.5) == (0.0, Reason.CLIENT_IDLE_TIMEOUT)
+    assert idle_check(12.0, 10.0, 5.0, 17.5) == (0.0, Reason.SERVER_IDLE_TIMEOUT)

@@ -57,8 +57,17 @@ _SHORT_READ = 1 << 15
 DoneCallback = Callable[[Reason, str], None]
 
 
-def _ended(reason: Reason, detail: str) -> None:
-    """Placeholder ``on_done`` once the relay has reported."""
+def ended(reason: Reason, detail: str) -> None:
+    """Placeholder ``on_done`` once a relay has reported."""
+
+
+def idle_check(c_last: float, s_last: float, idle_timeout: float, now: float) -> tuple[float, Reason]:
+    """At an idle deadline: ``(seconds left, _)`` if traffic moved since (re-arm for that long),
+    else ``(0, reason)`` blaming the side that has been silent longer."""
+    left = max(c_last, s_last) + idle_timeout - now
+    if left > 0:
+        return left, Reason.CLIENT_IDLE_TIMEOUT
+    return 0.0, Reason.CLIENT_IDLE_TIMEOUT if c_last <= s_last else Reason.SERVER_IDLE_TIMEOUT
 
 
 _S = TypeVar("_S")
@@ -395,17 +404,11 @@ class Relay:
 
     def on_deadline(self, now: float) -> None:
         """The idle deadline came: end if nothing moved for ``idle_timeout``, else move it on."""
-        c_last = self.c2s.last
-        s_last = self.s2c.last
-        left = max(c_last, s_last) + self.idle_timeout - now
+        left, reason = idle_check(self.c2s.last, self.s2c.last, self.idle_timeout, now)
         if left > 0:
             self.wheel.arm(self, left)
-            return
-        # The side that has been silent longer is the one that timed out.
-        if c_last <= s_last:
-            self.end(Reason.CLIENT_IDLE_TIMEOUT, f"no data for {self.idle_timeout:g}s")
         else:
-            self.end(Reason.SERVER_IDLE_TIMEOUT, f"no data for {self.idle_timeout:g}s")
+            self.end(reason, f"no data for {self.idle_timeout:g}s")
 
     def half_done(self, half: _Half[Any]) -> None:
         """Called by a half that reached EOF; ends the relay when both have."""
@@ -439,6 +442,6 @@ class Relay:
         on_done = self.on_done
         # Break the relay <-> half and owner <-> relay cycles so that reference counting
         # frees this connection's objects at once, without waiting for the cyclic GC.
-        self.on_done = _ended
+        self.on_done = ended
         self.c2s.relay = self.s2c.relay = None  # type: ignore[assignment]
         on_done(reason, detail)

@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable
 
 from portway.net.poller import Poller
+from portway.net.relay import ended, idle_check
 from portway.net.timers import TimerWheel
 from portway.session import Session
 from portway.termination import Reason
@@ -368,10 +369,6 @@ class Handshake:
         self._stop()
 
 
-def _ended(reason: Reason, detail: str) -> None:
-    """Placeholder ``on_done`` once the relay has reported."""
-
-
 class TlsRelay:
     """Plaintext both ways between two :class:`Endpoint` whose handshakes are complete.
 
@@ -554,15 +551,11 @@ class TlsRelay:
     # -- ending --------------------------------------------------------------------------
     def on_deadline(self, now: float) -> None:
         """The idle deadline came: end if nothing moved for ``idle_timeout``, else move it on."""
-        left = max(self.c_last, self.s_last) + self.idle_timeout - now
+        left, reason = idle_check(self.c_last, self.s_last, self.idle_timeout, now)
         if left > 0:
             self.wheel.arm(self, left)
-            return
-        detail = f"no data for {self.idle_timeout:g}s"
-        if self.c_last <= self.s_last:
-            self.end(Reason.CLIENT_IDLE_TIMEOUT, detail)
         else:
-            self.end(Reason.SERVER_IDLE_TIMEOUT, detail)
+            self.end(reason, f"no data for {self.idle_timeout:g}s")
 
     def fail(self, client_side: bool, exc: OSError | ssl.SSLError) -> None:
         """A socket or TLS error on one side ends both directions, blamed on that side."""
@@ -587,5 +580,5 @@ class TlsRelay:
         self.poller.close(self.client.sock)
         self.poller.close(self.server.sock)
         on_done = self.on_done
-        self.on_done = _ended
+        self.on_done = ended
         on_done(reason, detail)
