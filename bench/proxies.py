@@ -4,19 +4,24 @@ Every proxy runs with one worker (one process or one thread doing the work), pin
 listening on 127.0.0.1 and forwarding to one upstream on 127.0.0.1. To add a proxy, subclass
 :class:`Proxy`, implement ``write_config`` and ``argv``, and add it to :data:`PROXY_CLASSES`.
 
-A proxy runs in one of three modes, chosen by the scenario (a :class:`Mode`, ``self.mode`` while it
+A proxy runs in one of four modes, chosen by the scenario (a :class:`Mode`, ``self.mode`` while it
 runs):
 
 - ``tcp``: plain forwarding to the upstream;
 - ``sni``: TLS passthrough routed by the ClientHello's server name: only ``mode.server_name`` goes to
   the upstream, which does the TLS;
 - ``tls``: TLS termination with ``mode.certificate`` for every connection, whatever name it asks for
-  (no SNI routing), and plaintext to the upstream.
+  (no SNI routing), and plaintext to the upstream;
+- ``gateway``: Portway's own comparison of its gateway listener with its tcp listener. ``portway``
+  runs its tcp listener (the baseline: clients connect straight through) and ``portway-gateway`` a
+  ``mode = "gateway"`` listener with the key of ``mode.keyring_line`` that lets tokens lead to the
+  upstream only (clients send a token line and read ``200`` first: ``gateway_handshake``). The
+  other proxies have no gateway mode.
 
 ``modes`` says which a proxy supports (sniproxy only has sni; with TLS terminated in the proxy there
 is nothing to splice, so the relay/splice variants portway-copy and haproxy-splice have no tls mode).
-``description``, ``sni_description`` and ``tls_description`` say how it is configured in each (the
-report shows those of the modes that ran).
+``description``, ``sni_description``, ``tls_description`` and ``gateway_description`` say how it is
+configured in each (the report shows those of the modes that ran).
 """
 
 from __future__ import annotations
@@ -38,7 +43,9 @@ REPO = Path(__file__).resolve().parent.parent
 FD_RESERVE = 512
 
 #: Every mode, in report order (see the module docstring).
-MODES = ("tcp", "sni", "tls")
+MODES = ("tcp", "sni", "tls", "gateway")
+#: The modes every proxy has unless it says otherwise (gateway is Portway's own).
+COMMON_MODES = ("tcp", "sni", "tls")
 
 
 @dataclass(frozen=True)
@@ -55,11 +62,13 @@ class Certificate:
 @dataclass(frozen=True)
 class Mode:
     """How a proxy forwards in a scenario: ``kind`` is one of :data:`MODES`; ``server_name`` is the
-    one name routed in sni mode, ``certificate`` the one served in tls mode."""
+    one name routed in sni mode, ``certificate`` the one served in tls mode, ``keyring_line`` the
+    one v2 key (``"<kid> <base64 key>"``) of a gateway listener in gateway mode."""
 
     kind: str = "tcp"
     server_name: str | None = None
     certificate: Certificate | None = None
+    keyring_line: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.kind not in MODES:
@@ -68,6 +77,8 @@ class Mode:
             raise ValueError("sni mode, and only it, needs a server_name")
         if (self.kind == "tls") != (self.certificate is not None):
             raise ValueError("tls mode, and only it, needs a certificate")
+        if (self.kind == "gateway") != (self.keyring_line is not None):
+            raise ValueError("gateway mode, and only it, needs a keyring_line")
 
     @property
     def cert(self) -> Certificate:
@@ -104,8 +115,12 @@ class Proxy(ABC):
     sni_description: str = ""
     #: How it is configured in the tls (termination) scenarios.
     tls_description: str = ""
+    #: How it is configured in the gateway scenarios.
+    gateway_description: str = ""
     #: The modes this proxy can run in, a subset of :data:`MODES`.
-    modes: tuple[str, ...] = MODES
+    modes: tuple[str, ...] = COMMON_MODES
+    #: In gateway mode: whether clients must send a token line and read ``200`` before their data.
+    gateway_handshake: bool = False
 
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
@@ -135,7 +150,12 @@ class Proxy(ABC):
 
     def mode_description(self, kind: str) -> str:
         """How this proxy is configured in mode ``kind``."""
-        return {"tcp": self.description, "sni": self.sni_description, "tls": self.tls_description}[kind]
+        return {
+            "tcp": self.description,
+            "sni": self.sni_description,
+            "tls": self.tls_description,
+            "gateway": self.gateway_description,
+        }[kind]
 
     def start(self, listen_port: int, upstream_port: int, tag: str, mode: Mode = TCP) -> None:
         """Start the proxy in ``mode``, wait until it accepts connections, and pin its whole tree to
@@ -175,10 +195,15 @@ def _first_line(argv: list[str]) -> str:
 
 
 class Portway(Proxy):
-    """Portway, one worker, one listener, with its default ``relay = "auto"`` (splice when it pays)."""
+    """Portway, one worker, one listener, with its default ``relay = "auto"`` (splice when it pays).
+
+    In gateway mode it runs its tcp listener: the baseline that :class:`PortwayGateway` is compared
+    with.
+    """
 
     name = "portway"
     relay = "auto"
+    modes = MODES
     tls_description = (
         'Portway mode = "tls", certificates = ["site.pem"] (one self-signed P-256 certificate for '
         'localhost, chain + key), backend = "origin", workers = 1 (TCP_DEFER_ACCEPT, as on every tls '
@@ -191,6 +216,10 @@ class Portway(Proxy):
         self.sni_description = (
             'Portway mode = "sni", one [[listener.route]] match = "localhost", '
             f'workers = 1, relay = "{self.relay}" (TCP_DEFER_ACCEPT, as on every sni listener)'
+        )
+        self.gateway_description = (
+            f'Portway mode = "tcp", backend = "origin", workers = 1, relay = "{self.relay}": the '
+            "baseline of the gateway scenarios, clients connect with no handshake"
         )
 
     def unavailable(self) -> str | None:
@@ -219,6 +248,13 @@ class Portway(Proxy):
         return f"{line} (git {head or 'unknown'})"
 
     def write_config(self, listen_port: int, upstream_port: int, rundir: Path) -> Path:
+        backend = textwrap.dedent(
+            f"""\
+            [[backend]]
+            name = "origin"
+            servers = [{{ address = "127.0.0.1:{upstream_port}" }}]
+            """
+        )
         if self.mode.kind == "sni":
             listener = f"""\
                 mode = "sni"
@@ -229,6 +265,24 @@ class Portway(Proxy):
                   match = "{self.mode.server_name}"
                   backend = "origin"
                 """
+        elif self.mode.kind == "gateway" and self.gateway_handshake:
+            keyring = rundir / "gw.keyring"
+            keyring.write_text(f"{self.mode.keyring_line}\n")
+            keyring.chmod(0o600)
+            # source_limit: the benchmark is one source address; it must never be slowed (100,000
+            # is the largest burst Portway accepts).
+            listener = f"""\
+                mode = "gateway"
+                bind = "127.0.0.1:{listen_port}"
+                keyring_file = "gw.keyring"
+                allow = ["127.0.0.1:{upstream_port}"]
+                handshake_timeout = "5s"
+                max_pending = 100000
+                source_limit = {{ rate = 1000000, burst = 100000 }}
+                max_connections = 100000
+                relay = "{self.relay}"
+                """
+            backend = ""  # the token names the destination
         elif self.mode.kind == "tls":
             listener = f"""\
                 mode = "tls"
@@ -237,7 +291,7 @@ class Portway(Proxy):
                 backend = "origin"
                 max_connections = 100000
                 """
-        else:
+        else:  # tcp, and gateway mode's baseline
             listener = f"""\
                 mode = "tcp"
                 bind = "127.0.0.1:{listen_port}"
@@ -262,18 +316,31 @@ class Portway(Proxy):
                 """
             )
             + textwrap.dedent(listener)
-            + textwrap.dedent(
-                f"""\
-                [[backend]]
-                name = "origin"
-                servers = [{{ address = "127.0.0.1:{upstream_port}" }}]
-                """
-            )
+            + backend
         )
         return path
 
     def argv(self, config: Path, rundir: Path) -> list[str]:
         return [*self.ctx.portway_cmd, "run", "-c", str(config)]
+
+
+class PortwayGateway(Portway):
+    """Portway with a ``mode = "gateway"`` listener, in the gateway scenarios only: one v2 key
+    (``gw.keyring``), tokens may lead to the upstream only, and a source limit that never slows the
+    benchmark's single source address. Compared with ``portway``'s tcp listener."""
+
+    name = "portway-gateway"
+    modes = ("gateway",)
+    gateway_handshake = True
+
+    def __init__(self, ctx: Context) -> None:
+        super().__init__(ctx)
+        self.gateway_description = (
+            'Portway mode = "gateway", keyring_file = "gw.keyring" (one v2 key), allow = '
+            '["127.0.0.1:ORIGIN_PORT"], handshake_timeout = "5s", max_pending = 100000, source_limit = '
+            f'{{ rate = 1000000, burst = 100000 }}, workers = 1, relay = "{self.relay}"'
+        )
+        self.description = self.gateway_description
 
 
 class PortwayCopy(Portway):
@@ -519,7 +586,15 @@ table bench {{
 
 
 #: Every known proxy, in report order.
-PROXY_CLASSES: list[type[Proxy]] = [Portway, PortwayCopy, HAProxy, HAProxySplice, Nginx, Sniproxy]
+PROXY_CLASSES: list[type[Proxy]] = [
+    Portway,
+    PortwayGateway,
+    PortwayCopy,
+    HAProxy,
+    HAProxySplice,
+    Nginx,
+    Sniproxy,
+]
 
 
 def make_proxies(ctx: Context) -> dict[str, Proxy]:

@@ -5,8 +5,9 @@ Each proxy runs with one worker pinned to the proxy core; load generators and ba
 load core. Scenarios (see ``scenarios.py``): ``bulk`` (iperf3), ``short`` (wrk, one connection per
 request) and ``idle`` (RSS per held connection) run by default; on request, wrk over HTTPS with new
 TLS connections or keep-alive requests, through SNI passthrough (``sni-new``, ``sni-keepalive``) or
-with TLS terminated by the proxy (``tls-new``, ``tls-keepalive``). Each scenario × proxy runs
-``--runs`` times with the proxies interleaved per round, so that ratios can be paired round by round.
+with TLS terminated by the proxy (``tls-new``, ``tls-keepalive``); and Portway's gateway listener
+against its own tcp listener (``gw-connect``, ``gw-bulk``). Each scenario × proxy runs ``--runs``
+times with the proxies interleaved per round, so that ratios can be paired round by round.
 A Markdown report goes to stdout, the full data to ``bench/results/<timestamp>.json``, progress to
 stderr.
 
@@ -14,6 +15,7 @@ stderr.
     python bench/run.py --proxies haproxy,haproxy-splice,nginx    # peers only, 3 runs
     python bench/run.py --scenarios sni-new,sni-keepalive         # SNI passthrough, sniproxy included
     python bench/run.py --scenarios tls-new,tls-keepalive         # TLS termination: portway, haproxy, nginx
+    python bench/run.py --scenarios gw-connect,gw-bulk            # portway-gateway against portway (tcp)
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ from proxies import MODES, PROXY_CLASSES, REPO, Context, Proxy, make_proxies
 from report import Runs, markdown, summarize
 from scenarios import (
     Bulk,
+    GwBulk,
+    GwConnect,
     Idle,
     Measured,
     Scenario,
@@ -59,11 +63,13 @@ SCENARIOS: dict[str, type[Scenario]] = {
     "sni-keepalive": SniKeepalive,
     "tls-new": TlsNew,
     "tls-keepalive": TlsKeepalive,
+    "gw-connect": GwConnect,
+    "gw-bulk": GwBulk,
 }
-#: What runs without --scenarios (the sni and tls scenarios are asked for by name).
+#: What runs without --scenarios (the sni, tls and gateway scenarios are asked for by name).
 DEFAULT_SCENARIOS = ["bulk", "short", "idle"]
 ALL_PROXIES = [cls.name for cls in PROXY_CLASSES]
-#: The modes ("tcp", "sni", "tls") each proxy supports, to pick the default --proxies for the scenarios.
+#: The modes ("tcp", "sni", "tls", "gateway") each proxy supports, to pick the default --proxies.
 PROXY_MODES = {cls.name: cls.modes for cls in PROXY_CLASSES}
 
 #: Tools needed per scenario and per proxy (portway is checked separately and skipped if absent).
@@ -75,6 +81,8 @@ TOOLS_FOR: dict[str, list[str]] = {
     "sni-keepalive": ["wrk", "nginx", "openssl"],
     "tls-new": ["wrk", "nginx", "openssl"],
     "tls-keepalive": ["wrk", "nginx", "openssl"],
+    "gw-connect": ["nginx"],
+    "gw-bulk": [],
     "haproxy": ["haproxy"],
     "haproxy-splice": ["haproxy"],
     "nginx": ["nginx"],
@@ -113,7 +121,7 @@ def int_list(text: str) -> list[int]:
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     """Command line (see the module docstring)."""
-    scenario_list = "\n".join(f"  {name:<14} {cls.kind}  {cls.title}" for name, cls in SCENARIOS.items())
+    scenario_list = "\n".join(f"  {name:<14} {cls.kind:<7}  {cls.title}" for name, cls in SCENARIOS.items())
     p = argparse.ArgumentParser(
         prog="python bench/run.py",
         description="Benchmark Portway against HAProxy and nginx on loopback (one worker each, pinned).",
@@ -124,14 +132,19 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 sni-*: the proxies pass TLS through, routed by SNI (localhost), to an nginx HTTPS origin.
 tls-*: the proxies terminate TLS (one self-signed P-256 certificate for localhost, no SNI
 routing) and forward plain HTTP to an nginx HTTP origin. sniproxy has no tls mode; portway-copy
-and haproxy-splice have none either (nothing to splice once TLS is terminated in the proxy).""",
+and haproxy-splice have none either (nothing to splice once TLS is terminated in the proxy).
+gw-*: portway-gateway (a mode = "gateway" listener; every client sends a v2 token line and reads
+"200" first) against portway (its tcp listener, no handshake), with the Python peers of
+bench/gwload.py on the load core; the other proxies have no gateway mode. gw-connect: new
+connections (--wrk-connections concurrent) each doing one HTTP request to an nginx origin;
+gw-bulk: one transfer of --gw-bulk-mib each way.""",
     )
     p.add_argument(
         "--scenarios",
         type=csv(list(SCENARIOS)),
         default=",".join(DEFAULT_SCENARIOS),
-        help=f"comma-separated subset of: {','.join(SCENARIOS)} (default: %(default)s; the sni and "
-        "tls ones run only when named)",
+        help=f"comma-separated subset of: {','.join(SCENARIOS)} (default: %(default)s; the sni, "
+        "tls and gw ones run only when named)",
     )
     p.add_argument(
         "--proxies",
@@ -139,7 +152,8 @@ and haproxy-splice have none either (nothing to splice once TLS is terminated in
         default=None,
         help=f"comma-separated subset of: {','.join(ALL_PROXIES)} (default: every proxy that has the "
         "mode of one of the scenarios: sniproxy only with an sni scenario, portway-copy and "
-        "haproxy-splice not with tls scenarios alone; portway is skipped with a note if it cannot run)",
+        "haproxy-splice not with tls scenarios alone, portway-gateway only with a gw scenario; "
+        "portway is skipped with a note if it cannot run)",
     )
     p.add_argument(
         "--runs",
@@ -155,11 +169,22 @@ and haproxy-splice have none either (nothing to splice once TLS is terminated in
         metavar="N,N",
         help="idle connection counts, clamped to what RLIMIT_NOFILE allows (default: 2000,10000)",
     )
-    p.add_argument("--wrk-connections", type=int, default=50, help="wrk -c (default: 50)")
+    p.add_argument(
+        "--wrk-connections",
+        type=int,
+        default=50,
+        help="wrk -c, and the concurrency of gw-connect (default: 50)",
+    )
+    p.add_argument(
+        "--gw-bulk-mib",
+        type=int,
+        default=None,
+        help="MiB sent each way by each gw-bulk transfer (default: 2048)",
+    )
     p.add_argument(
         "--quick",
         action="store_true",
-        help="smoke check: 1 run, 2 s, idle N=500 (explicit options still win)",
+        help="smoke check: 1 run, 2 s, idle N=500, gw-bulk 256 MiB (explicit options still win)",
     )
     p.add_argument("--proxy-core", type=int, default=0, help="CPU for the proxy under test (default: 0)")
     p.add_argument(
@@ -181,12 +206,12 @@ and haproxy-splice have none either (nothing to splice once TLS is terminated in
     )
     p.add_argument("--keep-workdir", action="store_true", help="keep configs and logs of the children")
     args = p.parse_args(argv)
-    defaults = (1, 2.0, [500]) if args.quick else (3, 5.0, [2000, 10000])
-    for name, value in zip(("runs", "duration", "idle"), defaults, strict=True):
+    defaults = (1, 2.0, [500], 256) if args.quick else (3, 5.0, [2000, 10000], 2048)
+    for name, value in zip(("runs", "duration", "idle", "gw_bulk_mib"), defaults, strict=True):
         if getattr(args, name) is None:
             setattr(args, name, value)
-    if args.runs < 1 or args.duration <= 0:
-        p.error("--runs must be >= 1 and --duration > 0")
+    if args.runs < 1 or args.duration <= 0 or args.gw_bulk_mib < 1 or args.wrk_connections < 1:
+        p.error("--runs, --wrk-connections and --gw-bulk-mib must be >= 1 and --duration > 0")
     return args
 
 
@@ -371,6 +396,7 @@ def main(argv: list[str] | None = None) -> int:
         duration=args.duration,
         idle_counts=idle_counts,
         wrk_connections=args.wrk_connections,
+        gw_bulk_bytes=args.gw_bulk_mib << 20,
     )
     scenarios = [SCENARIOS[name](settings) for name in args.scenarios]
     started = time.strftime("%Y-%m-%d %H:%M:%S %Z")
@@ -407,6 +433,7 @@ def main(argv: list[str] | None = None) -> int:
             "duration": args.duration,
             "idle_counts": idle_counts,
             "wrk_connections": args.wrk_connections,
+            "gw_bulk_mib": args.gw_bulk_mib,
             "fd_limit": fd_limit,
             "proxies": [p.name for p in proxies],
             "versions": {p.name: p.version() for p in proxies},

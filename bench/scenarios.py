@@ -1,5 +1,6 @@
-"""Benchmark scenarios: bulk transfer (iperf3), short connections (wrk), idle connections (RSS), and
-wrk over HTTPS with the proxies passing TLS through by SNI (sni-*) or terminating it (tls-*).
+"""Benchmark scenarios: bulk transfer (iperf3), short connections (wrk), idle connections (RSS),
+wrk over HTTPS with the proxies passing TLS through by SNI (sni-*) or terminating it (tls-*), and
+Portway's gateway listener against its tcp listener (gw-*, with the Python peers of ``gwload.py``).
 
 A scenario starts its backend once on the load core (``setup``). It has one or more cases (e.g. the
 iperf3 variants, or the idle connection counts); each case is measured on a freshly started proxy
@@ -20,10 +21,14 @@ import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from gwload import OK_STATUS, REPLY_HEAD, REPLY_TAIL, REQUEST, recv_exactly
 from proctree import Child, StartError, cpu_seconds, free_port, rss_kib, wait_listening
 from proxies import TCP, Certificate, Mode, Proxy, nginx_common
+
+if TYPE_CHECKING:  # imported when a gateway scenario runs (it needs the venv's portway)
+    from portway.proto.gateway import Keyring
 
 HERE = Path(__file__).resolve().parent
 
@@ -57,6 +62,8 @@ class Settings:
     duration: float
     idle_counts: list[int]
     wrk_connections: int = 50
+    #: Bytes of each gw-bulk transfer.
+    gw_bulk_bytes: int = 2 << 30
 
 
 class Scenario(ABC):
@@ -65,7 +72,8 @@ class Scenario(ABC):
     name: str = ""
     title: str = ""
     #: The proxy mode this scenario runs in (see proxies.py): "tcp" (plain forwarding), "sni" (TLS
-    #: passthrough routed by server name) or "tls" (TLS terminated by the proxy).
+    #: passthrough routed by server name), "tls" (TLS terminated by the proxy) or "gateway"
+    #: (Portway's gateway listener against its tcp listener).
     kind = "tcp"
     #: The proxies every other proxy is compared against, run by run.
     references: tuple[str, ...] = ("haproxy-splice", "nginx")
@@ -686,3 +694,241 @@ class TlsKeepalive(TlsScenario):
 
     name = "tls-keepalive"
     title = "TLS termination, keep-alive requests (wrk https://localhost, established connections)"
+
+
+# ------------------------------------------------------------------------------------ gateway
+
+
+class GatewayScenario(Scenario):
+    """Portway's gateway listener against its own tcp listener (see proxies.py, gateway mode).
+
+    ``setup`` makes a throwaway v2 key (the gateway listeners' keyring) and starts the origin. Each
+    measurement through a gateway listener gets a fresh token for ``127.0.0.1:<origin port>``
+    (valid for an hour), with which the load generator (``gwload.py``, on the load core) does the
+    handshake on every connection; through the tcp listener it connects straight through. Ratios
+    are portway-gateway ÷ portway (tcp).
+    """
+
+    kind = "gateway"
+    references: tuple[str, ...] = ("portway",)
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        self.keyring_line: str | None = None
+        self.keyring: Keyring | None = None
+
+    @abstractmethod
+    def start_origin(self) -> Child:
+        """Start the origin on the load core, listening on ``upstream_port``."""
+
+    def setup(self) -> None:
+        try:
+            from portway.proto.gateway import Keyring
+        except ImportError as exc:
+            raise StartError(
+                f"the gateway scenarios make their tokens with portway.proto.gateway: {exc} "
+                "(run the harness with .venv/bin/python)"
+            ) from exc
+        self.keyring_line = Keyring.new_line()
+        self.keyring = Keyring.parse(self.keyring_line)
+        self.backend = self.start_origin()
+
+    def proxy_mode(self) -> Mode:
+        return Mode("gateway", keyring_line=self.keyring_line)
+
+    def token(self, proxy: Proxy) -> str | None:
+        """A token for the origin if ``proxy`` listens as a gateway, else None (no handshake)."""
+        if not proxy.gateway_handshake:
+            return None
+        from portway.proto.gateway import v2_encrypt
+
+        assert self.keyring is not None, "setup() makes the keyring"
+        address = f"127.0.0.1:{self.upstream_port}"
+        return v2_encrypt(address, self.keyring, expires=time.time() + 3600).decode("ascii")
+
+    def gwload(self, command: str, port: int, token: str | None, *options: str) -> dict[str, Any]:
+        """Run ``gwload.py COMMAND PORT OPTIONS [--token]`` on the load core; return its JSON."""
+        argv = [sys.executable, str(HERE / "gwload.py"), command, str(port), *options]
+        if token is not None:
+            argv += ["--token", token]
+        try:
+            out = self.load_cmd(argv, timeout=self.timeout())
+        except subprocess.TimeoutExpired as exc:
+            raise RuntimeError(f"gwload.py {command} timed out") from exc
+        try:
+            data: dict[str, Any] = json.loads(out.stdout)
+        except json.JSONDecodeError as exc:
+            raise RuntimeError(
+                f"gwload.py {command} failed (exit {out.returncode}): {(out.stderr or out.stdout)[-300:]}"
+            ) from exc
+        data["stderr"] = out.stderr.strip()[-300:]
+        return data
+
+    def timeout(self) -> float:
+        """How long one run of the load generator may take."""
+        return self.s.duration + 30
+
+
+class GwConnect(GatewayScenario):
+    """New connections with a fixed concurrency, each: connect → [token line, read ``200``] → one
+    small HTTP request (``Connection: close``) to the short scenario's nginx origin → read to EOF →
+    close. The load generator is Python (``gwload.py connect``): the comparable figure is the
+    proxy's CPU per connection."""
+
+    name = "gw-connect"
+    title = "Gateway vs tcp listener, new connections (gwload.py connect: [token, 200,] HTTP GET, EOF)"
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        self.title = (
+            f"Gateway vs tcp listener, new connections (gwload.py connect, {settings.wrk_connections} "
+            "concurrent: connect, [token line, read 200,] one HTTP GET with Connection: close, read to EOF)"
+        )
+
+    def metrics(self) -> list[Metric]:
+        return [
+            Metric("conns_per_s", "connections/s", "conn/s", "higher", 0),
+            Metric("p99_ms", "p99 connection latency (connect → EOF)", "ms", "lower", 2),
+            Metric("cpu_ms_per_1k", "proxy CPU per 1,000 connections", "ms", "lower", 1),
+            Metric("busy", "proxy core busy", "%", "", 0, ratio=False),
+            Metric("connections", "connections completed", "count", "", 0, ratio=False),
+            Metric("status_200", "gateway 200 replies", "count", "", 0, ratio=False),
+            Metric(
+                "errors",
+                "errors (connect, status not 200, bad reply, timeout)",
+                "count",
+                "lower",
+                0,
+                ratio=False,
+            ),
+            Metric("generator_busy", "load generator CPU (of the load core)", "%", "", 0, ratio=False),
+            Metric("load_core_busy", "load core busy (generator + origin + kernel)", "%", "", 0, ratio=False),
+        ]
+
+    def start_origin(self) -> Child:
+        rundir = self.s.workdir / f"origin-{self.name}"
+        return nginx_origin("nginx-origin-gw", rundir, self.upstream_port, self.s.load_core)
+
+    def probe(self, port: int, token: str | None) -> None:
+        """One connection by hand before the load: [the handshake is answered 200 and] the origin's
+        reply comes back whole."""
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+                if token is not None:
+                    sock.sendall(token.encode("ascii") + b"\n")
+                    status = recv_exactly(sock, len(OK_STATUS))
+                    if status != OK_STATUS:
+                        raise RuntimeError(f"gateway probe: answered {status!r}, not 200")
+                sock.sendall(REQUEST)
+                reply = b""
+                while chunk := sock.recv(4096):
+                    reply += chunk
+        except OSError as exc:
+            raise RuntimeError(f"probe failed: {exc}") from exc
+        if not reply.startswith(REPLY_HEAD) or not reply.endswith(REPLY_TAIL):
+            raise RuntimeError(f"probe: unexpected answer {reply[:200]!r}")
+
+    def measure(self, proxy: Proxy, port: int, case: str) -> Measured:
+        token = self.token(proxy)
+        self.probe(port, token)
+        options = [
+            f"--duration={self.s.duration:g}",
+            f"--concurrency={self.s.wrk_connections}",
+            "--timeout=5",
+        ]
+        pids = proxy.pids()
+        cpu0 = cpu_seconds(pids)
+        data = self.gwload("connect", port, token, *options)
+        cpu = cpu_seconds(pids) - cpu0
+        connections = int(data["connections"])
+        errors = sum(data["errors"].values())
+        result = Measured()
+        result.values["conns_per_s"] = connections / data["seconds"]
+        if data["p99_ms"] is not None:
+            result.values["p99_ms"] = data["p99_ms"]
+        if connections:
+            result.values["cpu_ms_per_1k"] = cpu * 1000 / (connections / 1000)
+        result.values["busy"] = 100 * cpu / data["seconds"]
+        result.values["connections"] = connections
+        result.values["errors"] = errors
+        result.values["generator_busy"] = data["generator_busy"]
+        result.values["load_core_busy"] = data["load_core_busy"]
+        if token is not None:
+            result.values["status_200"] = data["status_200"]
+            if data["status_200"] < connections:
+                raise RuntimeError(f"{connections} connections completed but only {data['status_200']} 200s")
+        if errors:
+            kinds = ", ".join(f"{kind} {n}" for kind, n in sorted(data["errors"].items()))
+            stderr = f"; stderr: {data['stderr']}" if data["stderr"] else ""
+            result.notes.append(f"{proxy.name} {self.name}: {errors} failed connections ({kinds}){stderr}")
+        if data.get("loop") != "uvloop":
+            result.notes.append(f"{self.name}: gwload.py ran on {data.get('loop')}, not uvloop")
+        if connections == 0:
+            raise RuntimeError(f"no connection completed: {data}")
+        return result
+
+
+#: (case, gwload.py bulk --direction, label)
+GW_BULK_VARIANTS: list[tuple[str, str, str]] = [
+    ("up", "up", "client → origin"),
+    ("down", "down", "origin → client"),
+]
+
+
+class GwBulk(GatewayScenario):
+    """One bulk transfer through one connection each way (``gwload.py bulk``, Python, a large
+    ``sendall`` of a preallocated buffer against a ``recv_into`` sink), after the handshake through
+    the gateway listener: Gbit/s and proxy CPU per GB."""
+
+    name = "gw-bulk"
+    title = "Gateway vs tcp listener, bulk transfer over one connection (gwload.py bulk, Python peers)"
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        self.title = (
+            f"Gateway vs tcp listener, bulk transfer of {settings.gw_bulk_bytes / (1 << 20):,.0f} MiB over "
+            "one connection each way (gwload.py bulk: Python sendall / recv_into, after [token line, 200])"
+        )
+
+    def metrics(self) -> list[Metric]:
+        out: list[Metric] = []
+        for key, _, label in GW_BULK_VARIANTS:
+            out.append(Metric(f"{key}_gbps", f"{label}: throughput", "Gbit/s", "higher"))
+            out.append(Metric(f"{key}_cpu_s_per_gb", f"{label}: proxy CPU", "s/GB", "lower"))
+            out.append(Metric(f"{key}_busy", f"{label}: proxy core busy", "%", "", 0, ratio=False))
+            out.append(
+                Metric(f"{key}_load_busy", f"{label}: load core busy (both peers)", "%", "", 0, ratio=False)
+            )
+        return out
+
+    def start_origin(self) -> Child:
+        origin = Child(
+            "gwload-origin",
+            [sys.executable, str(HERE / "gwload.py"), "origin", str(self.upstream_port)],
+            core=self.s.load_core,
+            log=self.s.workdir / "gwload-origin.log",
+        )
+        wait_listening(self.upstream_port, origin)
+        return origin
+
+    def cases(self) -> list[str]:
+        return [key for key, _, _ in GW_BULK_VARIANTS]
+
+    def timeout(self) -> float:
+        return 60 + self.s.gw_bulk_bytes / 50e6  # at least 400 Mbit/s
+
+    def measure(self, proxy: Proxy, port: int, case: str) -> Measured:
+        _, direction, _ = next(v for v in GW_BULK_VARIANTS if v[0] == case)
+        total = self.s.gw_bulk_bytes
+        pids = proxy.pids()
+        cpu0 = cpu_seconds(pids)
+        data = self.gwload("bulk", port, self.token(proxy), f"--bytes={total}", f"--direction={direction}")
+        cpu = cpu_seconds(pids) - cpu0
+        if data["bytes"] != total:
+            raise RuntimeError(f"{direction}: {data['bytes']} bytes arrived, not {total}")
+        result = Measured()
+        result.values[f"{case}_gbps"] = total * 8 / data["seconds"] / 1e9
+        result.values[f"{case}_cpu_s_per_gb"] = cpu / (total / 1e9)
+        result.values[f"{case}_busy"] = 100 * cpu / data["seconds"]
+        result.values[f"{case}_load_busy"] = data["load_core_busy"]
+        return result
