@@ -19,6 +19,7 @@ from collections.abc import Callable
 from portway.config.keys import GatewayKeys, load_gateway_keys
 from portway.config.model import BackendSpec, Config, HealthCheck, ListenerSpec, RouteSpec
 from portway.net import tlsctx
+from portway.proto import gateway
 from portway.route.backend import Pool, Server, ServerHealth
 from portway.route.destpolicy import DestPolicy
 from portway.route.match import NameMatcher, Networks
@@ -72,10 +73,13 @@ class Runtime:
         #: read anew for every generation, which is how they are rotated.
         self.gateway_keys: dict[str, GatewayKeys] = {}
         self.gateway_policies: dict[str, DestPolicy] = {}
+        #: Tokens that passed, by listener: token -> (version, address, not before, expires).
+        self.gateway_tokens: dict[str, dict[bytes, tuple[int, gateway.Address, float, float]]] = {}
         for listener in config.listeners:
             if listener.gateway is not None:
                 self.gateway_keys[listener.name] = load_gateway_keys(listener.gateway)
                 self.gateway_policies[listener.name] = DestPolicy.parse(listener.gateway.allow)
+                self.gateway_tokens[listener.name] = {}
         #: Route table of each listener that routes (sni), by listener name.
         self.tables: dict[str, RouteTable] = {}
         #: Destination policy of each dial-by-name route, by (listener, route).

@@ -113,6 +113,7 @@ def gw(tmp_path: Path, lt: LoopThread) -> Any:
         line_limit=4096,
         burst=100000,
         rate=1,
+        max_pending=1000,
     )
     pw = Portway(tmp_path, conf).start()
     worker = pw.worker_pids()[0]

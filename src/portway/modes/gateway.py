@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import math
 import socket
 import time
 
@@ -42,6 +43,9 @@ from portway.route.sourcelimit import SourceLimiter
 from portway.termination import Reason
 
 log = logging.getLogger("portway.gateway")
+
+#: Accepted tokens remembered per listener and worker (see GatewayConnection._decode).
+TOKEN_CACHE = 10_000
 
 OK = b"200"
 BAD_LINE = b"400"
@@ -143,17 +147,9 @@ class GatewayConnection(TcpConnection):
             session.sniff_s = self.ctx.loop.time() - session.start_mono
             self.ctx.stats.sniffed(session.listener, session.sniff_s)
             spec = self.spec.gateway
-            keys = self.runtime.gateway_keys[self.spec.name]
             assert spec is not None
             try:
-                version, address = gateway.decode(
-                    line.token,
-                    secrets=keys.secrets,
-                    keyring=keys.keyring,
-                    accept_v1=spec.accept_v1,
-                    digest=spec.v1_digest,
-                    now=time.time(),
-                )
+                version, address = self._decode(line.token)
             except gateway.TokenError as exc:
                 self._refuse(BAD_TOKEN, f"token refused: {exc}")
                 return
@@ -168,6 +164,33 @@ class GatewayConnection(TcpConnection):
                 self._check_and_dial(address.host)
         except Exception as exc:
             self._crash(exc)
+
+    def _decode(self, token: bytes) -> tuple[int, gateway.Address]:
+        """The token's version and address; tokens that passed recently are remembered (per
+        configuration generation, so a reload that rotates keys forgets them) until their
+        validity ends. Refused tokens are never remembered."""
+        now = time.time()
+        cache = self.runtime.gateway_tokens[self.spec.name]
+        hit = cache.get(token)
+        if hit is not None and hit[2] <= now < hit[3]:
+            return hit[0], hit[1]
+        spec = self.spec.gateway
+        keys = self.runtime.gateway_keys[self.spec.name]
+        assert spec is not None
+        version, address = gateway.decode(
+            token,
+            secrets=keys.secrets,
+            keyring=keys.keyring,
+            accept_v1=spec.accept_v1,
+            digest=spec.v1_digest,
+            now=now,
+        )
+        header = gateway.v2_header(token) if version == 2 else None
+        not_before, expires = (header[1], header[2]) if header is not None else (0.0, math.inf)
+        if len(cache) >= TOKEN_CACHE:
+            cache.clear()
+        cache[token] = (version, address, not_before, expires)
+        return version, address
 
     async def _resolve(self, address: gateway.Address) -> None:
         try:

@@ -50,7 +50,7 @@ DoneCallback = Callable[[Reason, str], None]
 class Endpoint:
     """One socket of a relay, with the TLS layer Portway runs on it (``tls``), if any."""
 
-    __slots__ = ("closing", "eof", "fd", "inbio", "notified", "out", "outbio", "shut", "sock", "tls")
+    __slots__ = ("closing", "eof", "fd", "inbio", "more", "notified", "out", "outbio", "shut", "sock", "tls")
 
     def __init__(
         self,
@@ -73,6 +73,10 @@ class Endpoint:
         self.closing = False
         self.notified = tls is None
         self.shut = False
+        #: After a read: whether another might return data at once (a full read, or bytes
+        #: still buffered in TLS). When false the socket is most likely empty: reading again
+        #: would cost a system call answering EAGAIN, and the poller calls back if more came.
+        self.more = True
 
     @classmethod
     def wrap(
@@ -97,11 +101,13 @@ class Endpoint:
         tls = self.tls
         if tls is None:
             data = self.sock.recv(CHUNK)
+            self.more = len(data) == CHUNK
             if not data:
                 self.eof = True
             return data
         inbio = self.inbio
         assert inbio is not None
+        full = self.more
         while True:
             try:
                 data = tls.read(CHUNK)
@@ -110,6 +116,7 @@ class Endpoint:
                 if self.closing and not self.notified:
                     self._close_notify()  # every received record is decrypted now
                 raw = self.sock.recv(CHUNK)  # BlockingIOError when the socket is empty
+                full = len(raw) == CHUNK
                 if raw:
                     inbio.write(raw)
                 else:
@@ -118,6 +125,7 @@ class Endpoint:
             except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
                 data = b""
             self._collect()
+            self.more = full or inbio.pending > 0 or tls.pending() > 0
             if not data:
                 self.eof = True
             return data
@@ -484,6 +492,8 @@ class TlsRelay:
                         break
                     moved += len(data)
                     dst.write(data)
+                    if not src.more:
+                        break  # most likely empty: the poller calls back when more comes
             except BlockingIOError:
                 pass
             except (OSError, ssl.SSLError) as exc:

@@ -330,6 +330,11 @@ class _Ring:
         return best
 
 
+_SHARED_RNG = random.Random()
+"""Drives the ``random`` policy of every pool not given its own: seeding a generator per pool
+reads the OS entropy source, and a gateway or dial-by-name route makes a pool per connection."""
+
+
 class Pool:
     """A backend: servers + a balancing policy.
 
@@ -392,7 +397,7 @@ class Pool:
         backups = tuple(i for i, s in enumerate(self.servers) if s.backup)
         # Tier 0 holds the primaries and tier 1 the backups, as indexes into ``servers``.
         self._tiers = (primaries, backups)
-        self._rng = random.Random() if rng is None else rng
+        self._rng = _SHARED_RNG if rng is None else rng
         self._rr_current = [0] * len(self.servers)
         self._lc_start = [0, 0]
         self._rings: tuple[_Ring, _Ring] | None = None

@@ -136,13 +136,20 @@ def special_range(ip: IPAddress) -> str | None:
     return None
 
 
+_DECIDED_MAX = 4096
+"""Answers a policy remembers before it starts again."""
+
+
 class DestPolicy:
     """An ``allow`` list, checked against the IP actually dialled."""
 
-    __slots__ = ("entries",)
+    __slots__ = ("_decided", "entries")
 
     def __init__(self, entries: Iterable[AllowEntry]) -> None:
         self.entries = tuple(entries)
+        #: Recent answers by (name, ip, port): a policy never changes, and a gateway or a
+        #: dial-by-name route asks about the same few destinations over and over.
+        self._decided: dict[tuple[str | None, str, int], str | None] = {}
 
     @classmethod
     def parse(cls, texts: Iterable[str]) -> DestPolicy:
@@ -151,6 +158,16 @@ class DestPolicy:
 
     def check(self, name: str | None, ip: str, port: int) -> str | None:
         """None when ``name`` resolved to ``ip`` may be dialled on ``port``; else why not."""
+        key = (name, ip, port)
+        decided = self._decided
+        if key in decided:
+            return decided[key]
+        if len(decided) >= _DECIDED_MAX:
+            decided.clear()
+        why = decided[key] = self._check(name, ip, port)
+        return why
+
+    def _check(self, name: str | None, ip: str, port: int) -> str | None:
         addr = ipaddress.ip_address(ip)
         if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
             addr = addr.ipv4_mapped
