@@ -31,14 +31,16 @@ lint: $(VENV)/.test-installed
 	$(VENV)/bin/mypy
 
 # ss (iproute2) reads socket timers in the keepalive test; prlimit (util-linux) caps descriptors;
-# curl and openssl are the real TLS and HTTP clients of the sni tests.
+# curl, wget and openssl are the real TLS and HTTP clients of the sni, gateway and proxy tests;
+# htpasswd (apache2-utils) checks that the proxy's users files interoperate with Apache's.
 system-deps:
-	@if command -v ss >/dev/null && command -v prlimit >/dev/null \
-		&& command -v curl >/dev/null && command -v openssl >/dev/null; then :; \
+	@if command -v ss >/dev/null && command -v prlimit >/dev/null && command -v curl >/dev/null \
+		&& command -v openssl >/dev/null && command -v wget >/dev/null \
+		&& command -v htpasswd >/dev/null; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-			iproute2 util-linux curl openssl ca-certificates; \
-	else echo "please install iproute2, util-linux, curl and openssl"; exit 1; fi
+			iproute2 util-linux curl wget openssl ca-certificates apache2-utils; \
+	else echo "please install iproute2, util-linux, curl, wget, openssl and apache2-utils"; exit 1; fi
 
 ## make bench: HAProxy, nginx, iperf3 and wrk from apt, then the side-by-side benchmark
 bench: $(VENV)/.run-installed

@@ -62,8 +62,9 @@ def test_check_good_config_prints_the_plan(tmp_path: Path) -> None:
             'portway.toml: listener.x.backend: no backend named "pgg" (did you mean "pg"?)',
         ),
         (
-            '[[listener]]\nname = "x"\nmode = "http-proxy"\nbind = "127.0.0.1:80"\n',
-            'portway.toml: listener.x.mode: mode "http-proxy" is not available in this version of Portway',
+            '[[listener]]\nname = "x"\nmode = "http_proxy"\nbind = "127.0.0.1:80"\n',
+            'portway.toml: listener.x.mode: expected one of "tcp", "sni", "tls", "gateway", "http-proxy", '
+            'got "http_proxy" (did you mean "http-proxy"?)',
         ),
         (
             '[[backend]]\nname = "b"\nbalance = "fastest"\nservers = [{ address = "h:1" }]\n',

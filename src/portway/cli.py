@@ -21,6 +21,7 @@ from portway.config.model import Config, GatewaySpec
 from portway.config.plan import render_plan
 from portway.errors import ConfigError
 from portway.gatewaycli import add_connect_parser, add_token_parser, connect_command, token_command
+from portway.usercli import add_user_parser, user_command
 
 DESCRIPTION = """\
 Portway puts many private services behind one public address.
@@ -30,6 +31,7 @@ Portway puts many private services behind one public address.
   portway check -c portway.toml    validate a configuration and print the effective plan
   portway token encrypt ...        make a gateway token (see: portway token --help)
   portway connect ...              reach a backend through a gateway from a local port
+  portway user add FILE NAME       add a user to a forward proxy's users file (bcrypt)
 
 Signals to the `portway run` process: SIGHUP reloads the file without dropping
 connections, SIGTERM drains and exits, SIGINT (Ctrl-C) exits at once.
@@ -86,6 +88,7 @@ def _parser() -> argparse.ArgumentParser:
 
     add_token_parser(sub)
     add_connect_parser(sub)
+    add_user_parser(sub)
 
     sub.add_parser("version", help="print the version")
 
@@ -121,6 +124,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return token_command(args)
     if args.command == "connect":
         return connect_command(args)
+    if args.command == "user":
+        return user_command(args)
     try:
         config = _load(args.config)
     except ConfigError as exc:
@@ -167,6 +172,10 @@ def _run(config: Config, args: argparse.Namespace) -> int:
             target = f"{versions} tokens, {len(listener.gateway.allow)} allow entries"
             for warning in weak_secret_warnings(load_gateway_keys(listener.gateway), listener.name):
                 log.warning("%s", warning)
+        elif listener.http_proxy is not None:
+            proxy = listener.http_proxy
+            auth = f"users from {proxy.users_file}" if proxy.users_file else "no authentication"
+            target = "forward proxy (HTTP, CONNECT" + (", SOCKS5" if proxy.socks5 else "") + f"), {auth}"
         elif listener.backend:
             target = f"backend {listener.backend}"
         else:

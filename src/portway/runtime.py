@@ -20,6 +20,7 @@ from portway.config.keys import GatewayKeys, load_gateway_keys
 from portway.config.model import BackendSpec, Config, HealthCheck, ListenerSpec, RouteSpec
 from portway.net import tlsctx
 from portway.proto import gateway
+from portway.route.auth import Credentials
 from portway.route.backend import Pool, Server, ServerHealth
 from portway.route.destpolicy import DestPolicy
 from portway.route.match import NameMatcher, Networks
@@ -82,8 +83,17 @@ class Runtime:
                 self.gateway_tokens[listener.name] = {}
         #: Route table of each listener that routes (sni), by listener name.
         self.tables: dict[str, RouteTable] = {}
-        #: Destination policy of each dial-by-name route, by (listener, route).
+        #: Destination policy of each dial-by-name route, by (listener, route); an http-proxy
+        #: listener's own policy is at (listener, "").
         self.policies: dict[tuple[str, str], DestPolicy] = {}
+        #: Users of each http-proxy listener with a users_file, by listener name.
+        self.users: dict[str, Credentials] = {}
+        for listener in config.listeners:
+            proxy = listener.http_proxy
+            if proxy is not None:
+                self.policies[(listener.name, "")] = DestPolicy.parse(proxy.allow, deny=proxy.deny)
+                if proxy.users_file is not None:
+                    self.users[listener.name] = Credentials.load(proxy.users_file)
         for listener in config.listeners:
             if listener.routes:
                 self.tables[listener.name] = RouteTable(

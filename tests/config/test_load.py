@@ -244,7 +244,11 @@ def test_default_config_loads() -> None:
     assert config.admin.listen == BindSpec("127.0.0.1", 9090)
     assert config.log.access == "stdout" and config.log.format == "text"
     assert config.workers_auto is True
-    (demo,) = config.listeners
+    proxy, demo = config.listeners
+    assert proxy.name == "proxy" and proxy.mode == "http-proxy"
+    assert proxy.bind == (BindSpec("127.0.0.1", 8080),)
+    assert proxy.http_proxy is not None and proxy.http_proxy.users_file is None
+    assert proxy.http_proxy.connect_ports == ((443, 443),)
     assert demo.name == "demo" and demo.mode == "tcp"
     assert demo.bind == (BindSpec("127.0.0.1", 7070),)
     assert demo.backend == "admin"
@@ -393,15 +397,15 @@ BROKEN = [
         id="unknown-balance",
     ),
     pytest.param(
-        LISTENER + BACKEND + '[[listener]]\nname = "edge"\nmode = "http-proxy"\nbind = "0.0.0.0:443"\n',
+        LISTENER + BACKEND + '[[listener]]\nname = "edge"\nmode = "http_proxy"\nbind = "0.0.0.0:443"\n',
         "listener.edge.mode",
-        ['mode "http-proxy" is not available in this version of Portway (available: tcp, sni, tls, gateway)'],
-        id="unavailable-mode",
+        ['got "http_proxy" (did you mean "http-proxy"?)'],
+        id="misspelt-mode",
     ),
     pytest.param(
         listener(mode='"tcpp"') + BACKEND,
         "listener.db.mode",
-        ['expected one of "tcp", "sni", "tls", "gateway", got "tcpp"', 'did you mean "tcp"'],
+        ['expected one of "tcp", "sni", "tls", "gateway", "http-proxy", got "tcpp"', 'did you mean "tcp"'],
         id="unknown-mode",
     ),
     pytest.param(
@@ -560,7 +564,7 @@ def test_several_errors_are_all_reported() -> None:
         'workers = 0\ndrain_timeout = "forever"\n'
         "[defaults]\nretries = -1\n"
         + listener(bind='["127.0.0.1:1", "::1:80"]', backend='"pgg"', relay='"spice"')
-        + '[[listener]]\nname = "edge"\nmode = "http-proxy"\nbind = "0.0.0.0:443"\n'
+        + '[[listener]]\nname = "edge"\nmode = "http_proxy"\nbind = "0.0.0.0:443"\n'
         + backend(servers='[{ address = "web01", weight = -1 }]')
         + backend(name='"other"', balance='"fastest"')
     )

@@ -75,9 +75,9 @@ def test_config_lookups() -> None:
 
 
 def test_modes_registry() -> None:
-    assert list(LISTENER_MODES) == ["tcp", "sni", "tls", "gateway"]
+    assert list(LISTENER_MODES) == ["tcp", "sni", "tls", "gateway", "http-proxy"]
     assert all(issubclass(model, ListenerDoc) for model in LISTENER_MODES.values())
-    assert set(PLANNED_MODES) == {"http-proxy"}
+    assert set(PLANNED_MODES) == set()
     assert not set(PLANNED_MODES) & set(LISTENER_MODES)
 
 

@@ -395,3 +395,49 @@ def test_plain_client_talking_to_tls_port(listener: socket.socket, ca: trustme.C
         chain.server.close()
 
     uvloop.run(main())
+
+
+def test_bytes_buffered_in_tls_are_relayed_after_backpressure(
+    listener: socket.socket, ca: trustme.CA, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a tiny high-water mark each read round stops with records still in OpenSSL's
+    buffers; once the server takes everything, they must be read without waiting for the
+    (empty) socket to signal. The client sends all first and then only waits."""
+    from portway.net import tlsrelay
+
+    monkeypatch.setattr(tlsrelay, "HIGH_WATER", 4096)
+    up = os.urandom(2 << 20)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        chain = Chain(loop, listener, accept_ctx=_server_context(ca, "a.test"))
+        chain.start()
+
+        def client() -> bytes:
+            peer = BioPeer(chain.client, _client_context(ca), server_side=False, name="a.test")
+            peer.handshake()
+            peer.send(up)
+            return peer.recv_exactly(32)  # no half-close: only the data tells the server to answer
+
+        def server() -> None:
+            chain.server.setblocking(True)
+            chain.server.settimeout(20)
+            h = hashlib.sha256()
+            got = 0
+            while got < len(up):
+                chunk = chain.server.recv(1 << 20)
+                assert chunk, "the relay stopped with bytes left"
+                h.update(chunk)
+                got += len(chunk)
+            chain.server.sendall(h.digest())
+
+        digest, _ = await asyncio.gather(
+            loop.run_in_executor(None, client), loop.run_in_executor(None, server)
+        )
+        assert digest == hashlib.sha256(up).digest()
+        assert chain.relay is not None
+        chain.relay.end(Reason.SHUTDOWN)
+        chain.client.close()
+        chain.server.close()
+
+    uvloop.run(main())

@@ -1,10 +1,10 @@
 """A bounded mutation fuzz run over every sans-IO parser, in CI on every commit.
 
-Seeded from real inputs (captured ClientHellos, HTTP heads, PROXY headers), each round mutates
-one (bit flips, byte changes, insertions, deletions, truncation, splices of two seeds, length
-fields set to extremes) and checks the parser's contract: a result, ``NEED_DATA``, or the
-parser's typed error (the PROXY parser may also answer ``None``: no header here), never
-anything else, and a decision that the first ``length`` bytes alone give again. The
+Seeded from real inputs (captured ClientHellos, HTTP heads, PROXY headers, curl's SOCKS5
+messages), each round mutates one (bit flips, byte changes, insertions, deletions, truncation,
+splices of two seeds, length fields set to extremes) and checks the parser's contract: a result,
+``NEED_DATA``, or the parser's typed error (the PROXY parser may also answer ``None``: no header
+here), never anything else, and a decision that the first ``length`` bytes alone give again. The
 ClientHello's fast path must agree with its strict parser on every body.
 
 The run is deterministic (fixed seed) and bounded by a count, not by time, so a failure is
@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from portway.errors import ProtocolError
-from portway.proto import NEED_DATA, clienthello, httphead, proxyheader
+from portway.proto import NEED_DATA, clienthello, httphead, proxyheader, socks5
 
 ROUNDS = int(os.environ.get("FUZZ_ROUNDS", "20000"))
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "clienthello"
@@ -39,6 +39,20 @@ PROXIES = [
     b"PROXY UNKNOWN\r\n",
     proxyheader.build_v2(("198.51.100.7", 5555), ("10.0.0.1", 443)),
     proxyheader.build_v2(("2001:db8::1", 5555), ("2001:db8::2", 443)),
+]
+SOCKS5_GREETINGS = [b"\x05\x02\x00\x01", b"\x05\x03\x00\x01\x02", b"\x05\x01\x02"]  # curl, curl -U
+SOCKS5_AUTHS = [
+    b"\x01\x04user\x04pass",
+    b"\x01\x05us\xc3\xa9r\x04p@ss",
+    b"\x01\x04user\x00",
+    b"\x01\x00\x04pass",
+]
+SOCKS5_REQUESTS = [
+    b"\x05\x01\x00\x03\x0cexample.test\x00\x50",  # curl --socks5-hostname
+    b"\x05\x01\x00\x03\x0dExample.TEST.\x00\x50",
+    b"\x05\x01\x00\x03\x0b192.0.2.200\x01\xbb",
+    b"\x05\x01\x00\x01\x7f\x00\x00\x01\x00\x50",  # curl --socks5
+    b"\x05\x01\x00\x04" + bytes(15) + b"\x01\x1f\x90",
 ]
 
 
@@ -94,6 +108,9 @@ def _run(parse: Callable[[bytes], object], error: type[ProtocolError], seeds: li
         ("clienthello", clienthello.parse, clienthello.ClientHelloError, HELLOS),
         ("httphead", httphead.parse, httphead.HeadError, HEADS),
         ("proxyheader", proxyheader.parse, proxyheader.ProxyHeaderError, PROXIES),
+        ("socks5-greeting", socks5.parse_greeting, socks5.Socks5Error, SOCKS5_GREETINGS),
+        ("socks5-auth", socks5.parse_auth, socks5.Socks5Error, SOCKS5_AUTHS),
+        ("socks5-request", socks5.parse_request, socks5.Socks5Error, SOCKS5_REQUESTS),
     ],
 )
 def test_parser_contract_under_mutation(

@@ -29,7 +29,10 @@ from portway.route.destpolicy import DestPolicy, parse_entry
         ([], "example.com", "203.0.113.9", 443, False),  # empty list allows nothing
         (["db.internal"], "db.internal", "203.0.113.5", 5432, True),
         (["db.internal"], "other.internal", "203.0.113.5", 5432, False),
-        (["0.0.0.0/0"], "x", "100.64.0.1", 80, True),  # a network entry can open anything, explicitly
+        (["0.0.0.0/0"], "x", "100.64.0.1", 80, False),  # "the internet" opens no special range
+        (["0.0.0.0/0"], "x", "203.0.113.9", 80, True),
+        (["::/0"], "x", "::ffff:127.0.0.1", 80, False),  # nor does it through an IPv4-mapped form
+        (["100.64.0.0/10"], "x", "100.64.0.1", 80, True),  # an entry inside the range opens it
     ],
 )
 def test_check(entries: list[str], name: str | None, ip: str, port: int, allowed: bool) -> None:
@@ -81,3 +84,13 @@ def test_anything_is_a_decision(ip: object, port: int) -> None:
     policy = DestPolicy.parse(["10.0.0.0/8", "*.example.com:443", "[fd00::/8]"])
     result = policy.check("a.example.com", str(ip), port)
     assert result is None or isinstance(result, str)
+
+
+def test_deny_wins_over_allow() -> None:
+    policy = DestPolicy.parse(["0.0.0.0/0"], deny=["*.ads.example:443", "198.51.100.0/24"])
+    assert policy.check("x.ads.example", "203.0.113.9", 443) == (
+        "x.ads.example (203.0.113.9:443) is denied by '*.ads.example:443'"
+    )
+    assert policy.check("x.ads.example", "203.0.113.9", 80) is None
+    why = policy.check(None, "198.51.100.7", 80)
+    assert why is not None and "denied" in why

@@ -1,9 +1,10 @@
 """The built-in configuration that ``portway run`` uses when no ``-c`` is given.
 
 It works at once and shows the shape of a real file: the admin endpoint on
-loopback, and one ``tcp`` listener that forwards to that admin endpoint, so that
-``curl http://127.0.0.1:7070/stats`` answers through Portway itself. The text is
-also the annotated example users read, so every key is explained.
+loopback, a forward proxy on ``127.0.0.1:8080`` (``curl -x 127.0.0.1:8080
+https://example.com/``), and one ``tcp`` listener that forwards to the admin
+endpoint, so that ``curl http://127.0.0.1:7070/stats`` answers through Portway
+itself. The text is also the annotated example users read, so every key is explained.
 """
 
 from __future__ import annotations
@@ -59,7 +60,24 @@ keepalive = { idle = "60s", interval = "10s", count = 6 }   # TCP keepalive; fal
 relay = "auto"              # "auto" (copy small exchanges, splice bulk), "splice" or "copy"
 backlog = 1024              # listen(2) backlog
 
-# A listener accepts connections and hands them to its mode. This version has
+# A listener accepts connections and hands them to its mode: "tcp", "sni",
+# "tls", "gateway" or "http-proxy" (see README.md).
+#
+# A forward proxy: HTTP/1.1 (GET http://...), CONNECT for https, and SOCKS5 on
+# the same port. Try: curl -x 127.0.0.1:8080 https://example.com/
+[[listener]]
+name = "proxy"
+mode = "http-proxy"
+bind = "127.0.0.1:8080"        # a public address needs users_file (or allow_unauthenticated = true)
+# users_file = "users.htpasswd"  # bcrypt users (`portway user add FILE NAME`): Basic and SOCKS5 auth
+connect_ports = [443]          # where CONNECT may go, as squid
+# Destinations: any public address, and this machine's admin endpoint (so that
+# `curl -x 127.0.0.1:8080 http://127.0.0.1:9090/stats` works). Loopback, private,
+# link-local (cloud metadata) and CGNAT addresses are refused unless an entry
+# inside them is listed; the check is on the IP actually dialled, after DNS.
+allow = ["0.0.0.0/0", "::/0", "127.0.0.1:9090"]
+# deny = ["*.ads.example", "198.51.100.0/24"]
+
 # mode "tcp": forward every connection, byte for byte, to one backend.
 [[listener]]
 name = "demo"                  # unique; letters, digits, "_", "." and "-"

@@ -80,6 +80,7 @@ from portway.config.model import (
 from portway.config.units import format_hostport
 from portway.errors import ConfigError, ConfigIssue
 from portway.net import tlsctx
+from portway.route.auth import Credentials
 
 __all__ = ["load_dict", "load_file", "load_text"]
 
@@ -241,6 +242,7 @@ class _Loader:
         self._check_binds()
         self._check_tls_files(listeners, backends)
         self._check_gateway_keys(listeners)
+        self._check_users_files(listeners)
 
         if self.issues or document is None:
             ordered = sorted(self.issues, key=lambda pair: pair[0])
@@ -395,6 +397,17 @@ class _Loader:
             except tlsctx.CertError as exc:
                 self.report(("backend", index, "tls", "ca"), _with_fix(exc))
 
+    def _check_users_files(self, listeners: list[tuple[int, ListenerDoc]]) -> None:
+        """Read every forward proxy's users file as the workers will."""
+        for index, doc in listeners:
+            spec = doc.http_proxy_spec(self._path, DefaultsDoc())
+            if spec is None or spec.users_file is None:
+                continue
+            try:
+                Credentials.load(spec.users_file)
+            except (OSError, ValueError) as exc:
+                self.report(("listener", index, "users_file"), str(exc))
+
     def _check_gateway_keys(self, listeners: list[tuple[int, ListenerDoc]]) -> None:
         """Read every gateway's keys as the workers will (files and environment variables)."""
         for index, doc in listeners:
@@ -507,6 +520,7 @@ def _resolve_listener(doc: ListenerDoc, defaults: DefaultsDoc, path: Callable[[s
         routes=doc.route_specs(),
         tls=doc.tls_spec(path),
         gateway=doc.gateway_spec(path, defaults),
+        http_proxy=doc.http_proxy_spec(path, defaults),
     )
 
 

@@ -89,6 +89,8 @@ __all__ = [
     "GatewaySpec",
     "HealthCheck",
     "HealthCheckDoc",
+    "HttpProxyListenerDoc",
+    "HttpProxySpec",
     "Keepalive",
     "KeepaliveDoc",
     "KeyedValueError",
@@ -347,6 +349,28 @@ class GatewaySpec:
 
 
 @dataclass(frozen=True, slots=True)
+class HttpProxySpec:
+    """An ``http-proxy`` listener's users, destination rules and tunnel ports."""
+
+    users_file: str | None
+    """Absolute path of the htpasswd (bcrypt) file; ``None``: no authentication."""
+    socks5: bool
+    """Whether SOCKS5 is served on the same port (the first byte 0x05 tells)."""
+    connect_ports: tuple[tuple[int, int], ...]
+    """Port ranges a CONNECT may open (squid's default: 443 only)."""
+    allow: tuple[str, ...]
+    """Where clients may go (:mod:`portway.route.destpolicy`); special ranges only by a network
+    entry inside them."""
+    deny: tuple[str, ...]
+    """Refused before ``allow`` is looked at (same grammar)."""
+    x_forwarded_for: bool
+    """Add ``X-Forwarded-For`` to plain-HTTP requests."""
+    connect_timeout: float
+    retries: int
+    """Extra connect attempts after a timeout."""
+
+
+@dataclass(frozen=True, slots=True)
 class RouteSpec:
     """One ``[[listener.route]]`` of an ``sni`` listener, as written and validated.
 
@@ -409,6 +433,8 @@ class ListenerSpec:
     ``action = "terminate"``); ``None`` when the listener terminates nothing."""
     gateway: GatewaySpec | None = None
     """The ``gateway`` mode's keys and policy; ``None`` for the other modes."""
+    http_proxy: HttpProxySpec | None = None
+    """The ``http-proxy`` mode's users and rules; ``None`` for the other modes."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -978,6 +1004,10 @@ class ListenerDoc(_Doc):
         ``handshake_timeout``); ``None``: ``sniff_timeout`` as inherited."""
         return None
 
+    def http_proxy_spec(self, path: Callable[[str], str], defaults: DefaultsDoc) -> HttpProxySpec | None:
+        """The http-proxy mode's settings (``None`` for the other modes)."""
+        return None
+
 
 class TcpListenerDoc(ListenerDoc):
     """``mode = "tcp"``: forward every connection to one backend."""
@@ -1380,12 +1410,83 @@ class GatewayListenerDoc(ListenerDoc):
         )
 
 
+def _port_range(value: Any) -> tuple[int, int]:
+    if _is_int(value) and 1 <= value <= 65535:
+        return (value, value)
+    if isinstance(value, str):
+        match = re.fullmatch(r"([0-9]{1,5})-([0-9]{1,5})", value)
+        if match and 1 <= int(match[1]) <= int(match[2]) <= 65535:
+            return (int(match[1]), int(match[2]))
+    raise ValueError(f'expected a port (1-65535) or a range like "8000-8999", got {quote(value)}')
+
+
+PortRange = Annotated[tuple[int, int], BeforeValidator(_port_range)]
+
+
+class HttpProxyListenerDoc(ListenerDoc):
+    """``mode = "http-proxy"``: an HTTP/1.1 forward proxy with CONNECT, and SOCKS5 on the same
+    port; no backend list (clients name their destinations, checked by ``allow``/``deny``)."""
+
+    users_file: NonEmptyStr | None = None
+    allow_unauthenticated: bool = False
+    socks5: bool = True
+    connect_ports: list[PortRange] = [(443, 443)]
+    allow: list[Annotated[str, BeforeValidator(_allow_entry)]] = ["0.0.0.0/0", "::/0"]
+    deny: list[Annotated[str, BeforeValidator(_allow_entry)]] = []
+    x_forwarded_for: bool = False
+    connect_timeout: PositiveDuration | None = None
+    retries: Retries | None = None
+
+    @model_validator(mode="after")
+    def _no_open_proxy(self) -> HttpProxyListenerDoc:
+        if self.users_file is None and not self.allow_unauthenticated:
+            public = [host for host, _ in self.bind if not _is_loopback(host)]
+            if public:
+                raise KeyedValueError(
+                    ("bind",),
+                    f"refusing to run an open proxy on {public[0]}: set users_file (see `portway user "
+                    "add`), or bind to 127.0.0.1, or write allow_unauthenticated = true if the network "
+                    "in front already decides who may connect",
+                )
+        if not self.allow:
+            raise KeyedValueError(("allow",), 'expected at least one allow entry, e.g. ["0.0.0.0/0", "::/0"]')
+        return self
+
+    def http_proxy_spec(self, path: Callable[[str], str], defaults: DefaultsDoc) -> HttpProxySpec | None:
+        """Users, rules and tunnel ports, the users file made absolute, defaults inherited."""
+        return HttpProxySpec(
+            users_file=path(self.users_file) if self.users_file is not None else None,
+            socks5=self.socks5,
+            connect_ports=tuple(self.connect_ports),
+            allow=tuple(self.allow),
+            deny=tuple(self.deny),
+            x_forwarded_for=self.x_forwarded_for,
+            connect_timeout=self.connect_timeout
+            if self.connect_timeout is not None
+            else defaults.connect_timeout,
+            retries=self.retries if self.retries is not None else defaults.retries,
+        )
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 LISTENER_MODES: Final[Mapping[str, type[ListenerDoc]]] = FrozenMap(
-    {"tcp": TcpListenerDoc, "sni": SniListenerDoc, "tls": TlsListenerDoc, "gateway": GatewayListenerDoc}
+    {
+        "tcp": TcpListenerDoc,
+        "sni": SniListenerDoc,
+        "tls": TlsListenerDoc,
+        "gateway": GatewayListenerDoc,
+        "http-proxy": HttpProxyListenerDoc,
+    }
 )
 """Modes this version implements, and the document class of each."""
 
-PLANNED_MODES: Final[tuple[str, ...]] = ("http-proxy",)
+PLANNED_MODES: Final[tuple[str, ...]] = ()
 """Modes that are designed but not in this version: naming one is an error that says so."""
 
 

@@ -17,6 +17,7 @@ from portway.config.model import (
     CertFile,
     Config,
     GatewaySpec,
+    HttpProxySpec,
     Keepalive,
     ListenerSpec,
     ProxyProtocolIn,
@@ -113,9 +114,11 @@ def _render_listener(listener: ListenerSpec) -> str:
     # A tls listener with one backend has one built-in route to it: show the backend instead.
     single = listener.backend is not None or not listener.routes
     gateway = listener.gateway
+    proxy = listener.http_proxy
     rows = [
         ("bind", ", ".join(str(bind) for bind in listener.bind)),
-        *([("backend", listener.backend or "-")] if single and gateway is None else []),
+        *([("backend", listener.backend or "-")] if single and gateway is None and proxy is None else []),
+        *_proxy_rows(proxy),
         *_tls_rows(listener.tls),
         *_gateway_rows(gateway),
         ("handshake timeout" if gateway else "sniff timeout", format_duration(listener.sniff_timeout)),
@@ -128,6 +131,21 @@ def _render_listener(listener: ListenerSpec) -> str:
     ]
     routes = [] if single else _routes(listener.routes, listener.mode)
     return "\n".join([f"listener {listener.name} (mode {listener.mode})", *_rows(rows, _INDENT), *routes])
+
+
+def _proxy_rows(spec: HttpProxySpec | None) -> list[tuple[str, str]]:
+    """Who may use the forward proxy and where it may go."""
+    if spec is None:
+        return []
+    ports = ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in spec.connect_ports)
+    return [
+        ("users", spec.users_file or "none (no authentication)"),
+        ("protocols", "HTTP/1.1, CONNECT" + (", SOCKS5" if spec.socks5 else "")),
+        ("connect ports", ports),
+        ("allow", ", ".join(spec.allow)),
+        ("deny", ", ".join(spec.deny) or "none"),
+        ("connect", f"timeout {format_duration(spec.connect_timeout)}, {spec.retries} retries on timeout"),
+    ]
 
 
 def _gateway_rows(spec: GatewaySpec | None) -> list[tuple[str, str]]:

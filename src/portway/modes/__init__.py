@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 from portway.modes.gateway import GatewayConnection
+from portway.modes.httpproxy import HttpProxyConnection
 from portway.modes.sni import SniConnection
 from portway.modes.tcp import TcpConnection
 from portway.net.listener import ConnectionFactory
@@ -16,4 +17,5 @@ CONNECTION_CLASSES: dict[str, ConnectionFactory] = {
     "sni": SniConnection,
     "tls": SniConnection,  # sni routing where routes terminate by default; see modes/sni.py
     "gateway": GatewayConnection,
+    "http-proxy": HttpProxyConnection,
 }

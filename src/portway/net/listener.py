@@ -135,7 +135,7 @@ class Listener:
         """
         self.pause()
         spec = self.spec
-        client_first = spec.mode in ("sni", "tls", "gateway") or spec.proxy_protocol.accept == "required"
+        client_first = spec.mode != "tcp" or spec.proxy_protocol.accept == "required"
         defer = 1 if client_first else 0
         for sock in sockets.values():
             tune_listener(sock, spec.keepalive, defer)

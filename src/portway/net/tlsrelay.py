@@ -50,7 +50,20 @@ DoneCallback = Callable[[Reason, str], None]
 class Endpoint:
     """One socket of a relay, with the TLS layer Portway runs on it (``tls``), if any."""
 
-    __slots__ = ("closing", "eof", "fd", "inbio", "more", "notified", "out", "outbio", "shut", "sock", "tls")
+    __slots__ = (
+        "closing",
+        "drained",
+        "eof",
+        "fd",
+        "inbio",
+        "more",
+        "notified",
+        "out",
+        "outbio",
+        "shut",
+        "sock",
+        "tls",
+    )
 
     def __init__(
         self,
@@ -73,10 +86,14 @@ class Endpoint:
         self.closing = False
         self.notified = tls is None
         self.shut = False
-        #: After a read: whether another might return data at once (a full read, or bytes
-        #: still buffered in TLS). When false the socket is most likely empty: reading again
-        #: would cost a system call answering EAGAIN, and the poller calls back if more came.
+        #: Plain socket, after a read: whether another might return data at once (the read
+        #: filled the buffer). When false the socket is most likely empty: reading again would
+        #: cost a system call answering EAGAIN, and the poller calls back if more came. With
+        #: TLS it stays true: records OpenSSL has buffered are not visible from here, so a TLS
+        #: read goes on until OpenSSL asks for bytes, and ``drained`` skips the recv instead.
         self.more = True
+        #: TLS: the last recv was short, so the socket is most likely empty.
+        self.drained = False
 
     @classmethod
     def wrap(
@@ -107,7 +124,6 @@ class Endpoint:
             return data
         inbio = self.inbio
         assert inbio is not None
-        full = self.more
         while True:
             try:
                 data = tls.read(CHUNK)
@@ -115,8 +131,14 @@ class Endpoint:
                 self._collect()
                 if self.closing and not self.notified:
                     self._close_notify()  # every received record is decrypted now
+                if self.drained:
+                    # The last recv was short: the socket is most likely empty. Not asking
+                    # saves a system call answering EAGAIN; if more came, the (level-
+                    # triggered) poller calls back.
+                    self.drained = False
+                    raise BlockingIOError from None
                 raw = self.sock.recv(CHUNK)  # BlockingIOError when the socket is empty
-                full = len(raw) == CHUNK
+                self.drained = len(raw) < CHUNK
                 if raw:
                     inbio.write(raw)
                 else:
@@ -125,7 +147,6 @@ class Endpoint:
             except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
                 data = b""
             self._collect()
-            self.more = full or inbio.pending > 0 or tls.pending() > 0
             if not data:
                 self.eof = True
             return data
@@ -481,41 +502,60 @@ class TlsRelay:
 
     # -- moving bytes --------------------------------------------------------------------
     def _move(self, src: Endpoint, dst: Endpoint) -> None:
-        """Read plaintext from ``src`` while ``dst`` has room, queue it on ``dst``, send."""
+        """Read plaintext from ``src`` while ``dst`` has room, queue it on ``dst``, send.
+
+        When ``dst`` filled up and then took everything at once, reading goes on: with TLS the
+        bytes still to read may sit in OpenSSL's buffers, where no readiness event would ever
+        announce them.
+        """
         to_server = src is self.client
-        if not src.eof:
-            moved = 0
-            try:
-                while len(dst.out) < HIGH_WATER:
-                    data = src.read()
-                    if not data:
-                        break
-                    moved += len(data)
-                    dst.write(data)
-                    if not src.more:
-                        break  # most likely empty: the poller calls back when more comes
-            except BlockingIOError:
-                pass
-            except (OSError, ssl.SSLError) as exc:
-                self.fail(to_server, exc)
+        while True:
+            full = self._read_into(src, dst, to_server)
+            if self.ended:
                 return
-            if moved:
-                if to_server:
-                    self.session.bytes_in += moved
-                    self.c_last = _now()
-                else:
-                    self.session.bytes_out += moved
-                    self.s_last = _now()
             if src.out and not self._flush(src):  # TLS records the read produced
                 return
-            if src.eof:
+            if src.eof and not dst.closing:
                 if self.first_eof_client is None:
                     self.first_eof_client = to_server
                 dst.close_write()
-        self._flush(dst)
+            if not self._flush(dst) or not full:
+                break
         if not self.ended and self.client.eof and self.server.eof and self.client.shut and self.server.shut:
             reason = Reason.CLIENT_CLOSED if self.first_eof_client else Reason.SERVER_CLOSED
             self.end(reason)
+
+    def _read_into(self, src: Endpoint, dst: Endpoint, to_server: bool) -> bool:
+        """One read round; True if it stopped because ``dst`` holds :data:`HIGH_WATER` bytes."""
+        if src.eof:
+            return False
+        moved = 0
+        full = False
+        try:
+            while True:
+                if len(dst.out) >= HIGH_WATER:
+                    full = True
+                    break
+                data = src.read()
+                if not data:
+                    break
+                moved += len(data)
+                dst.write(data)
+                if not src.more:
+                    break  # most likely empty: the poller calls back when more comes
+        except BlockingIOError:
+            pass
+        except (OSError, ssl.SSLError) as exc:
+            self.fail(to_server, exc)
+            return False
+        if moved:
+            if to_server:
+                self.session.bytes_in += moved
+                self.c_last = _now()
+            else:
+                self.session.bytes_out += moved
+                self.s_last = _now()
+        return full
 
     def _flush(self, ep: Endpoint) -> bool:
         """Send what ``ep`` has queued; True when all of it went (False also when the relay ended)."""

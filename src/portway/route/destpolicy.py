@@ -10,8 +10,12 @@ Rules:
    bare IP) that contains the IP, or a host-name entry (``db.internal``, ``*.lab.example.com``)
    that matches the name. Either may carry ``:port`` or ``:port-port``.
 2. Addresses in the special ranges (loopback, link-local and so cloud metadata, private,
-   CGNAT, unspecified, multicast, broadcast) are refused unless a *network* entry contains
-   them: a host-name entry alone never opens them, since DNS answers are the client's to shape.
+   CGNAT, unspecified, multicast, broadcast) are refused unless a *network* entry that lies
+   inside that range contains them: ``127.0.0.1`` or ``10.20.0.0/16`` open what they name, but
+   ``0.0.0.0/0`` ("the internet") opens no special range, and a host-name entry alone never
+   does, since DNS answers are the client's to shape. IPv4-mapped IPv6 addresses are checked
+   as the IPv4 address they carry.
+3. ``deny`` entries (same grammar) refuse whatever they match, before any ``allow`` entry.
 """
 
 from __future__ import annotations
@@ -130,9 +134,14 @@ def parse_entry(text: str) -> AllowEntry:
 
 def special_range(ip: IPAddress) -> str | None:
     """Why ``ip`` is refused by default ("loopback", "private", ...), or None."""
+    found = _special(ip)
+    return found[1] if found is not None else None
+
+
+def _special(ip: IPAddress) -> tuple[IPNetwork, str] | None:
     for net, why in SPECIAL_RANGES:
         if ip.version == net.version and ip in net:
-            return why
+            return net, why
     return None
 
 
@@ -143,18 +152,19 @@ _DECIDED_MAX = 4096
 class DestPolicy:
     """An ``allow`` list, checked against the IP actually dialled."""
 
-    __slots__ = ("_decided", "entries")
+    __slots__ = ("_decided", "deny", "entries")
 
-    def __init__(self, entries: Iterable[AllowEntry]) -> None:
+    def __init__(self, entries: Iterable[AllowEntry], deny: Iterable[AllowEntry] = ()) -> None:
         self.entries = tuple(entries)
+        self.deny = tuple(deny)
         #: Recent answers by (name, ip, port): a policy never changes, and a gateway or a
         #: dial-by-name route asks about the same few destinations over and over.
         self._decided: dict[tuple[str | None, str, int], str | None] = {}
 
     @classmethod
-    def parse(cls, texts: Iterable[str]) -> DestPolicy:
+    def parse(cls, texts: Iterable[str], deny: Iterable[str] = ()) -> DestPolicy:
         """Build from config strings; ValueError names the first bad entry."""
-        return cls(parse_entry(t) for t in texts)
+        return cls((parse_entry(t) for t in texts), (parse_entry(t) for t in deny))
 
     def check(self, name: str | None, ip: str, port: int) -> str | None:
         """None when ``name`` resolved to ``ip`` may be dialled on ``port``; else why not."""
@@ -171,14 +181,19 @@ class DestPolicy:
         addr = ipaddress.ip_address(ip)
         if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
             addr = addr.ipv4_mapped
-        special = special_range(addr)
+        where = f"{name} ({addr}:{port})" if name else f"{addr}:{port}"
+        for entry in self.deny:
+            if entry.matches(name, addr, port):
+                return f"{where} is denied by {entry.text!r}"
+        found = _special(addr)
         for entry in self.entries:
             if not entry.matches(name, addr, port):
                 continue
-            if special is not None and entry.network is None:
-                continue  # a name pattern never opens loopback, private or metadata ranges
+            if found is not None:
+                net = entry.network
+                if net is None or net.version != found[0].version or not net.subnet_of(found[0]):  # type: ignore[arg-type]
+                    continue  # only an entry inside the special range opens it (Rule 2)
             return None
-        where = f"{name} ({addr}:{port})" if name else f"{addr}:{port}"
-        if special is not None:
-            return f"{where} is {special}, and no allow entry lists its network"
+        if found is not None:
+            return f"{where} is {found[1]}, and no allow entry lists its network"
         return f"{where} is not in the allow list"
