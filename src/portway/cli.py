@@ -1,4 +1,5 @@
-"""The ``portway`` command line: ``run``, ``check``, ``token``, ``connect`` and ``version``.
+"""The ``portway`` command line: ``run``, ``check``, ``token``, ``connect``, ``user``, ``ca`` and
+``version``.
 
 ``worker`` is internal (``portway run`` starts it). ``token`` and ``connect`` are the two sides
 of the gateway mode: making and reading tokens, and reaching a backend through a gateway.
@@ -14,6 +15,7 @@ import sys
 from collections.abc import Sequence
 
 from portway import __version__, logs
+from portway.cacli import add_ca_parser, ca_command
 from portway.config.default import default_config
 from portway.config.keys import load_gateway_keys, weak_secret_warnings
 from portway.config.load import load_file
@@ -32,6 +34,7 @@ Portway puts many private services behind one public address.
   portway token encrypt ...        make a gateway token (see: portway token --help)
   portway connect ...              reach a backend through a gateway from a local port
   portway user add FILE NAME       add a user to a forward proxy's users file (bcrypt)
+  portway ca init                  make the CA for the forward proxy's TLS interception
 
 Signals to the `portway run` process: SIGHUP reloads the file without dropping
 connections, SIGTERM drains and exits, SIGINT (Ctrl-C) exits at once.
@@ -89,6 +92,7 @@ def _parser() -> argparse.ArgumentParser:
     add_token_parser(sub)
     add_connect_parser(sub)
     add_user_parser(sub)
+    add_ca_parser(sub)
 
     sub.add_parser("version", help="print the version")
 
@@ -126,6 +130,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return connect_command(args)
     if args.command == "user":
         return user_command(args)
+    if args.command == "ca":
+        return ca_command(args)
     try:
         config = _load(args.config)
     except ConfigError as exc:
