@@ -346,8 +346,8 @@ def test_errors(parse: Parser, data: bytes, code: Reply | None, message: str) ->
         (parse_greeting, b"\x05\x00", 2),  # NMETHODS 0 is a whole greeting
         (parse_request, b"\x05\x01\x01\x01\x7f\x00\x00\x01\x00\x50", 10),  # RSV: after the whole request
         (parse_request, b"\x05\x02\x00\x01\x7f\x00\x00\x01\x00\x50", 10),  # CMD: after the whole request
-        (parse_request, b"\x05\x02\x00\x03\x04a_b.\x00\x50", 11),
-        (parse_request, b"\x05\x01\x00\x03\x04a_b.\x00\x50", 11),  # a bad name: after the whole request
+        (parse_request, b"\x05\x02\x00\x03\x04a b.\x00\x50", 11),
+        (parse_request, b"\x05\x01\x00\x03\x04a b.\x00\x50", 11),  # a bad name: after the whole request
         (parse_request, b"\x05\x01\x00\x01\x7f\x00\x00\x01\x00\x00", 10),  # port 0
     ],
 )
@@ -428,7 +428,7 @@ def test_domain_names(name: bytes, host: str, kind: Kind) -> None:
         (b"a..b", "not a host name"),
         (b"-a.example", "not a host name"),
         (b"a-.example", "not a host name"),
-        (b"under_score.example", "not a host name"),
+        (b"plus+sign.example", "not a host name"),
         (b"a" * 64 + b".example", "not a host name"),
         (b"a" * 63 + b"." + b"b" * 63 + b"." + b"c" * 63 + b"." + b"d" * 62, "not a host name"),  # 254
         (b"a" * 255, "not a host name"),
@@ -908,3 +908,10 @@ def test_reply_bytes_parse_back_as_a_request_would() -> None:
         as_request = parse_request(b"\x05\x01\x00" + wire[3:])
         assert isinstance(as_request, Request)
         assert (as_request.host, as_request.port) == bound
+
+
+def test_underscores_are_accepted_in_names() -> None:
+    """Container and service names ("my_db") resolve; the policy check is on the IP anyway."""
+    request = parse_request(b"\x05\x01\x00\x03\x05my_db\x15\x38")
+    assert isinstance(request, Request)
+    assert (request.host, request.port, request.kind) == ("my_db", 5432, "name")

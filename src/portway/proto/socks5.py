@@ -53,7 +53,8 @@ port other than 0. The decisions made where the RFCs leave room are these:
   result is always valid Unicode (no lone surrogates), so ``.encode("utf-8")`` and logging
   cannot fail on it. The password is kept out of ``repr``.
 - Domain names (ATYP 3) must be 1-255 bytes on the wire and a valid host name once decoded:
-  ASCII LDH labels of 1-63 characters that neither start nor end with ``-``, at most 253
+  ASCII labels of letters, digits, ``-`` and ``_`` (as resolvers accept; container names
+  use ``_``), 1-63 characters, neither starting nor ending with ``-``, at most 253
   characters. IDNA names arrive as ``xn--`` labels, as curl sends them. One trailing dot is
   accepted and stripped, and the name is lower-cased. ``example.com.`` and ``Example.COM``
   name the same host as ``example.com``, and giving policy, routing and logs one spelling
@@ -400,8 +401,9 @@ _FIXED_LENGTH: Final = {AddressType.IPV4: 4 + 4 + 2, AddressType.IPV6: 4 + 16 + 
 # Host name grammar. Everything is ASCII; [0-9] rather than \d, which would match other digits.
 _OCTET: Final = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"  # 0-255, no leading zero
 _IPV4: Final = re.compile(rf"{_OCTET}\.{_OCTET}\.{_OCTET}\.{_OCTET}")
-# RFC 1123 §2.1: LDH labels of 1-63 characters that neither start nor end with "-".
-_LABEL: Final = r"[0-9a-z](?:[0-9a-z-]{0,61}[0-9a-z])?"
+# RFC 1123 §2.1: LDH labels of 1-63 characters that neither start nor end with "-"; "_" is
+# accepted too, as resolvers do (container and service names such as "my_db" use it).
+_LABEL: Final = r"[0-9a-z_](?:[0-9a-z_-]{0,61}[0-9a-z_])?"
 _NAME: Final = re.compile(rf"(?:{_LABEL}\.)*{_LABEL}")
 # A last label that inet_aton(3) reads as a number: decimal, octal (leading 0) or hex.
 _NUMERIC_LABEL: Final = re.compile(r"[0-9]+|0x[0-9a-f]*")
