@@ -52,7 +52,6 @@ class Endpoint:
 
     __slots__ = (
         "closing",
-        "drained",
         "eof",
         "fd",
         "inbio",
@@ -86,14 +85,10 @@ class Endpoint:
         self.closing = False
         self.notified = tls is None
         self.shut = False
-        #: Plain socket, after a read: whether another might return data at once (the read
-        #: filled the buffer). When false the socket is most likely empty: reading again would
-        #: cost a system call answering EAGAIN, and the poller calls back if more came. With
-        #: TLS it stays true: records OpenSSL has buffered are not visible from here, so a TLS
-        #: read goes on until OpenSSL asks for bytes, and ``drained`` skips the recv instead.
+        #: After a read: whether another might return data at once (a full read, or bytes
+        #: still buffered for TLS). When false the socket is most likely empty: reading again
+        #: would cost a system call answering EAGAIN, and the poller calls back if more came.
         self.more = True
-        #: TLS: the last recv was short, so the socket is most likely empty.
-        self.drained = False
 
     @classmethod
     def wrap(
@@ -124,6 +119,7 @@ class Endpoint:
             return data
         inbio = self.inbio
         assert inbio is not None
+        full = self.more
         while True:
             try:
                 data = tls.read(CHUNK)
@@ -131,14 +127,8 @@ class Endpoint:
                 self._collect()
                 if self.closing and not self.notified:
                     self._close_notify()  # every received record is decrypted now
-                if self.drained:
-                    # The last recv was short: the socket is most likely empty. Not asking
-                    # saves a system call answering EAGAIN; if more came, the (level-
-                    # triggered) poller calls back.
-                    self.drained = False
-                    raise BlockingIOError from None
                 raw = self.sock.recv(CHUNK)  # BlockingIOError when the socket is empty
-                self.drained = len(raw) < CHUNK
+                full = len(raw) == CHUNK
                 if raw:
                     inbio.write(raw)
                 else:
@@ -147,6 +137,9 @@ class Endpoint:
             except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
                 data = b""
             self._collect()
+            # OpenSSL pulls a record from the BIO only when asked for one (Python does not
+            # turn read-ahead on), so bytes not yet decrypted are in ``inbio`` or pending.
+            self.more = full or inbio.pending > 0 or tls.pending() > 0
             if not data:
                 self.eof = True
             return data
