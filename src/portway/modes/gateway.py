@@ -38,7 +38,7 @@ from portway.net.dial import Dial
 from portway.net.listener import Listener, share_of
 from portway.net.sniff import Sniff
 from portway.proto import NEED_DATA, gateway
-from portway.route.backend import Pool, Server
+from portway.route.backend import Server
 from portway.route.sourcelimit import SourceLimiter
 from portway.termination import Reason
 
@@ -58,7 +58,7 @@ TIMEOUT = b"504"
 class GatewayConnection(TcpConnection):
     """One client of a gateway listener."""
 
-    __slots__ = ("address", "attempts", "later", "pending", "pool", "resolving", "version")
+    __slots__ = ("address", "later", "pending", "version")
 
     def __init__(
         self,
@@ -70,10 +70,7 @@ class GatewayConnection(TcpConnection):
     ) -> None:
         self.address: gateway.Address | None = None
         self.version = 0
-        self.attempts = 0
         self.pending = False
-        self.pool: Pool | None = None
-        self.resolving: asyncio.Task[None] | None = None
         self.later: asyncio.TimerHandle | None = None
         super().__init__(ctx, listener, sock, peer, frontend)
 
@@ -158,10 +155,14 @@ class GatewayConnection(TcpConnection):
             self.ctx.stats.gateway_token(session.listener, version)
             session.sni = str(address)
             self.prefix = bytes(data[line.length :])
-            if address.kind == "name":
-                self.resolving = self.ctx.loop.create_task(self._resolve(address))
-            else:
-                self._check_and_dial(address.host)
+            self.greeting = OK
+            self._dial_destination(
+                address.host,
+                address.port,
+                self.runtime.gateway_policies[self.spec.name],
+                timeout=spec.connect_timeout,
+                timeout_retries=spec.retries,
+            )
         except Exception as exc:
             self._crash(exc)
 
@@ -192,56 +193,15 @@ class GatewayConnection(TcpConnection):
         cache[token] = (version, address, not_before, expires)
         return version, address
 
-    async def _resolve(self, address: gateway.Address) -> None:
-        try:
-            try:
-                infos = await self.ctx.loop.getaddrinfo(address.host, address.port, type=socket.SOCK_STREAM)
-            except OSError as exc:
-                self.resolving = None
-                if not self.ended:
-                    why = f"{address.host}: cannot resolve: {exc}"
-                    self._answer(BAD_GATEWAY, Reason.CONNECT_REFUSED, why)
-                return
-            self.resolving = None
-            if not self.ended:
-                self._check_and_dial(str(infos[0][4][0]))
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            self._crash(exc)
+    def _destination_refused(self, why: str) -> None:
+        # v1 tokens are not authenticated: a refusal must look like any other bad token.
+        self._refuse(FORBIDDEN if self.version == 2 else BAD_TOKEN, f"destination refused: {why}")
 
-    def _check_and_dial(self, ip: str) -> None:
-        address = self.address
-        assert address is not None
-        policy = self.runtime.gateway_policies[self.spec.name]
-        name = address.host if address.kind == "name" else None
-        why = policy.check(name, ip, address.port)
-        if why is not None:
-            # v1 tokens are not authenticated: a refusal must look like any other bad token.
-            self._refuse(FORBIDDEN if self.version == 2 else BAD_TOKEN, f"destination refused: {why}")
-            return
-        server = Server(str(address), ip, address.port)
-        server.sockaddr = (ip, address.port, 0, 0) if ":" in ip else (ip, address.port)
-        self.pool = Pool(f"gateway:{self.spec.name}", [server])
-        spec = self.spec.gateway
-        assert spec is not None
-        self.greeting = OK
-        self._dial_pool(self.pool, spec.connect_timeout, 0, self.prefix)
+    def _unresolved(self, host: str, exc: OSError) -> None:
+        self._answer(BAD_GATEWAY, Reason.CONNECT_REFUSED, f"{host}: cannot resolve: {exc}")
 
-    def _on_dial_failed(self, reason: Reason, detail: str) -> None:
-        spec = self.spec.gateway
-        assert spec is not None
-        if reason is Reason.CONNECT_TIMEOUT and self.attempts < spec.retries and self.pool is not None:
-            self.attempts += 1  # (the failed attempt is already counted in session.retries)
-            self.pool.servers[0].health.ejected_until = 0.0
-            self._dial_pool(self.pool, spec.connect_timeout, 0, self.prefix)
-            return
-        dial = self.stage
-        exhausted = dial.exhausted if isinstance(dial, Dial) else None
-        self.stage = None
+    def _dial_failed(self, reason: Reason, detail: str) -> None:
         self._answer(TIMEOUT if reason is Reason.CONNECT_TIMEOUT else BAD_GATEWAY, reason, detail)
-        if exhausted is not None:
-            self.listener.out_of_resources(exhausted, "open a socket to a server")
 
     # -- answers ---------------------------------------------------------------------------
     def _refuse(self, code: bytes, detail: str) -> None:
@@ -273,10 +233,7 @@ class GatewayConnection(TcpConnection):
         super()._finish(reason, detail)
 
     def abort(self, reason: Reason, detail: str = "") -> None:
-        """End now, whatever the stage (also while resolving or holding back an answer)."""
-        if self.resolving is not None:
-            self.resolving.cancel()
-            self.resolving = None
+        """End now, whatever the stage (also while holding back an answer)."""
         if self.later is not None:
             self.later.cancel()
             self.later = None

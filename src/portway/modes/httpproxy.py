@@ -42,12 +42,11 @@ from typing import Any
 from portway.context import Context
 from portway.modes.sni import http_response
 from portway.modes.tcp import TcpConnection
-from portway.net.dial import Dial
 from portway.net.listener import Listener
 from portway.net.sniff import Sniff
 from portway.proto import NEED_DATA, NeedData, httphead, socks5
 from portway.route.auth import PROXY_AUTHENTICATE, parse_basic
-from portway.route.backend import Pool, Server
+from portway.route.backend import Server
 from portway.termination import Reason
 
 log = logging.getLogger("portway.httpproxy")
@@ -136,7 +135,7 @@ _SOCKS_FOR_REASON = {
 class HttpProxyConnection(TcpConnection):
     """One client of an http-proxy listener (HTTP or SOCKS5)."""
 
-    __slots__ = ("attempts", "is_socks", "pool", "resolving", "target", "upgrade")
+    __slots__ = ("is_socks",)
 
     def __init__(
         self,
@@ -147,11 +146,6 @@ class HttpProxyConnection(TcpConnection):
         frontend: tuple[str, int],
     ) -> None:
         self.is_socks = False
-        self.attempts = 0
-        self.pool: Pool | None = None
-        self.resolving: asyncio.Task[None] | None = None
-        self.target: tuple[str, int] | None = None
-        self.upgrade = False
         super().__init__(ctx, listener, sock, peer, frontend)
 
     # -- reading ---------------------------------------------------------------------------
@@ -265,7 +259,7 @@ class HttpProxyConnection(TcpConnection):
     def _on_socks_request(self, request: socks5.Request, data: bytearray) -> None:
         try:
             self.prefix = bytes(data[request.length :])
-            self._go(request.host, request.port, request.kind == "name")
+            self._go(request.host, request.port)
         except Exception as exc:
             self._crash(exc)
 
@@ -306,7 +300,7 @@ class HttpProxyConnection(TcpConnection):
                     return
                 self.greeting = CONNECTED
                 self.prefix = rest
-                self._go(head.host, head.port, _is_name(head.host))
+                self._go(head.host, head.port)
                 return
             parts = origin_form(head.target)
             if parts is None or head.host is None:
@@ -325,7 +319,7 @@ class HttpProxyConnection(TcpConnection):
                 head, parts[1], self.session.client[0], x_forwarded_for=spec.x_forwarded_for
             )
             self.prefix = new_head + rest
-            self._go(head.host, head.port or 80, _is_name(head.host))
+            self._go(head.host, head.port or 80)
         except Exception as exc:
             self._crash(exc)
 
@@ -355,64 +349,23 @@ class HttpProxyConnection(TcpConnection):
         self.resolving = self.ctx.loop.create_task(check())
 
     # -- dialling --------------------------------------------------------------------------
-    def _go(self, host: str, port: int, is_name: bool) -> None:
-        self.target = (host, port)
+    def _go(self, host: str, port: int) -> None:
+        spec = self.spec.http_proxy
+        assert spec is not None
         self.session.sni = f"{host}:{port}"
-        if is_name:
-            self.resolving = self.ctx.loop.create_task(self._resolve(host, port))
-        else:
-            self._check_and_dial(host, host, port)
-
-    async def _resolve(self, host: str, port: int) -> None:
-        try:
-            try:
-                infos = await self.ctx.loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-            except OSError as exc:
-                self.resolving = None
-                if not self.ended:
-                    self._fail(
-                        502,
-                        socks5.Reply.HOST_UNREACHABLE,
-                        Reason.CONNECT_REFUSED,
-                        f"{host}: cannot resolve: {exc}",
-                    )
-                return
-            self.resolving = None
-            if not self.ended:
-                self._check_and_dial(host, str(infos[0][4][0]), port)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            self._crash(exc)
-
-    def _check_and_dial(self, host: str, ip: str, port: int) -> None:
         policy = self.runtime.policies[(self.spec.name, "")]
-        why = policy.check(host if host != ip else None, ip, port)
-        if why is not None:
-            self._fail(403, socks5.Reply.NOT_ALLOWED, Reason.REFUSED_BY_RULE, f"destination refused: {why}")
-            return
-        server = Server(f"{host}:{port}", ip, port)
-        server.sockaddr = (ip, port, 0, 0) if ":" in ip else (ip, port)
-        self.pool = Pool(f"proxy:{self.spec.name}", [server])
-        spec = self.spec.http_proxy
-        assert spec is not None
-        self._dial_pool(self.pool, spec.connect_timeout, 0, self.prefix)
+        self._dial_destination(host, port, policy, timeout=spec.connect_timeout, timeout_retries=spec.retries)
 
-    def _on_dial_failed(self, reason: Reason, detail: str) -> None:
-        spec = self.spec.http_proxy
-        assert spec is not None
-        if reason is Reason.CONNECT_TIMEOUT and self.attempts < spec.retries and self.pool is not None:
-            self.attempts += 1
-            self.pool.servers[0].health.ejected_until = 0.0
-            self._dial_pool(self.pool, spec.connect_timeout, 0, self.prefix)
-            return
-        dial = self.stage
-        exhausted = dial.exhausted if isinstance(dial, Dial) else None
-        self.stage = None
+    def _destination_refused(self, why: str) -> None:
+        self._fail(403, socks5.Reply.NOT_ALLOWED, Reason.REFUSED_BY_RULE, f"destination refused: {why}")
+
+    def _unresolved(self, host: str, exc: OSError) -> None:
+        detail = f"{host}: cannot resolve: {exc}"
+        self._fail(502, socks5.Reply.HOST_UNREACHABLE, Reason.CONNECT_REFUSED, detail)
+
+    def _dial_failed(self, reason: Reason, detail: str) -> None:
         status = 504 if reason is Reason.CONNECT_TIMEOUT else 502
         self._fail(status, _SOCKS_FOR_REASON.get(reason, socks5.Reply.GENERAL_FAILURE), reason, detail)
-        if exhausted is not None:
-            self.listener.out_of_resources(exhausted, "open a socket to a server")
 
     def _on_connected(self, ssock: socket.socket, server: Server) -> None:
         if self.is_socks:
@@ -433,18 +386,3 @@ class HttpProxyConnection(TcpConnection):
             head, _, body = answer.partition(b"\r\n\r\n")
             answer = head + f"\r\nProxy-Authenticate: {PROXY_AUTHENTICATE}".encode() + b"\r\n\r\n" + body
         self._answer_and_end(answer, reason, message)
-
-    def abort(self, reason: Reason, detail: str = "") -> None:
-        """End now, whatever the stage (also while resolving or checking a password)."""
-        if self.resolving is not None:
-            self.resolving.cancel()
-            self.resolving = None
-        super().abort(reason, detail)
-
-
-def _is_name(host: str) -> bool:
-    try:
-        socket.inet_pton(socket.AF_INET6 if ":" in host else socket.AF_INET, host)
-    except OSError:
-        return True
-    return False

@@ -18,7 +18,6 @@ HTTP response (400, 404, 421...), and the access log records why.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import socket
 
@@ -28,7 +27,6 @@ from portway.net.listener import Listener
 from portway.net.sniff import Sniff
 from portway.net.tlsrelay import Endpoint, Handshake
 from portway.proto import NEED_DATA, NeedData, clienthello, httphead
-from portway.route.backend import Pool, Server
 from portway.route.table import Decision, Refusal, Sniffed
 from portway.termination import Reason
 
@@ -72,7 +70,7 @@ def http_response(status: int, message: str) -> bytes:
 class SniConnection(TcpConnection):
     """One client of an sni listener."""
 
-    __slots__ = ("decision", "is_tls", "resolving")
+    __slots__ = ("decision", "is_tls")
 
     def __init__(
         self,
@@ -83,7 +81,6 @@ class SniConnection(TcpConnection):
         frontend: tuple[str, int],
     ) -> None:
         self.is_tls = True
-        self.resolving: asyncio.Task[None] | None = None
         self.decision: Decision | None = None
         super().__init__(ctx, listener, sock, peer, frontend)
 
@@ -219,45 +216,12 @@ class SniConnection(TcpConnection):
     def _dial_name(self, decision: Decision, prefix: bytes) -> None:
         host, port = decision.dial_host, decision.dial_port
         assert host is not None and port is not None
-        self.stage = None
-        self.resolving = self.ctx.loop.create_task(self._resolve_and_dial(decision, host, port, prefix))
+        self.prefix = prefix
+        policy = self.runtime.policies[(self.spec.name, decision.route.name)]
+        self._dial_destination(host, port, policy, timeout=DIAL_TIMEOUT)
 
-    async def _resolve_and_dial(self, decision: Decision, host: str, port: int, prefix: bytes) -> None:
-        try:
-            loop = self.ctx.loop
-            try:
-                infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-            except OSError as exc:
-                self._refuse_dial(f"{host}: cannot resolve: {exc}", 502)
-                return
-            self.resolving = None
-            if self.ended:
-                return
-            policy = self.runtime.policies[(self.spec.name, decision.route.name)]
-            sockaddr = infos[0][4]
-            why = policy.check(host, str(sockaddr[0]), port)
-            if why is not None:
-                self._refuse_dial(why, 403)
-                return
-            server = Server(host, str(sockaddr[0]), port)
-            server.sockaddr = sockaddr
-            pool = Pool(f"dial:{decision.route.name}", [server])
-            self._dial_pool(pool, DIAL_TIMEOUT, 0, prefix)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            self._crash(exc)
+    def _destination_refused(self, why: str) -> None:
+        self._refuse(Refusal("not_allowed", why, "handshake_failure", 403))
 
-    def _refuse_dial(self, why: str, http_status: int) -> None:
-        self.resolving = None
-        if self.ended:
-            return
-        refusal = Refusal("not_allowed", why, "handshake_failure", http_status)
-        self._refuse(refusal)
-
-    def abort(self, reason: Reason, detail: str = "") -> None:
-        """End now, whatever the stage (also while a name is being resolved)."""
-        if self.resolving is not None:
-            self.resolving.cancel()
-            self.resolving = None
-        super().abort(reason, detail)
+    def _unresolved(self, host: str, exc: OSError) -> None:
+        self._refuse(Refusal("not_allowed", f"{host}: cannot resolve: {exc}", "handshake_failure", 502))

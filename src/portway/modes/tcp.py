@@ -20,9 +20,11 @@ balancing hashes, what the access log shows, and what is sent on with
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 
+from portway.config.units import format_hostport
 from portway.context import Context
 from portway.net.dial import Dial
 from portway.net.listener import Listener
@@ -32,6 +34,7 @@ from portway.net.sockopt import peer_of, tune_dialed
 from portway.net.tlsrelay import Endpoint, Handshake, TlsRelay
 from portway.proto import proxyheader
 from portway.route.backend import Pool, Server
+from portway.route.destpolicy import DestPolicy
 from portway.runtime import Runtime
 from portway.termination import Reason
 
@@ -41,6 +44,15 @@ log = logging.getLogger("portway.tcp")
 PROXY_HEADER_LIMIT = 4096
 
 
+def is_ip(host: str) -> bool:
+    """Whether ``host`` is an IPv4 or IPv6 literal (then nothing needs resolving)."""
+    try:
+        socket.inet_pton(socket.AF_INET6 if ":" in host else socket.AF_INET, host)
+    except OSError:
+        return False
+    return True
+
+
 class TcpConnection:
     """One client of a tcp listener, from accept to the access-log record."""
 
@@ -48,10 +60,13 @@ class TcpConnection:
         "client_ep",
         "ctx",
         "dest",
+        "dial_timeout",
         "ended",
         "greeting",
         "listener",
+        "pool",
         "prefix",
+        "resolving",
         "runtime",
         "server",
         "server_ep",
@@ -60,6 +75,7 @@ class TcpConnection:
         "spec",
         "stage",
         "t_dial",
+        "timeout_retries",
         "trusted",
     )
 
@@ -91,6 +107,12 @@ class TcpConnection:
         self.greeting = b""
         self.t_dial = 0.0
         self.trusted = False
+        #: A client-chosen destination: its one-server pool, the resolution under way, the
+        #: connect timeout and the timeouts still to retry (see _dial_destination).
+        self.pool: Pool | None = None
+        self.resolving: asyncio.Task[None] | None = None
+        self.dial_timeout = 0.0
+        self.timeout_retries = 0
         self.ended = False
         ctx.opened(self)
         try:
@@ -187,11 +209,73 @@ class TcpConnection:
         dial.start()
 
     def _on_dial_failed(self, reason: Reason, detail: str) -> None:
+        pool = self.pool
+        if reason is Reason.CONNECT_TIMEOUT and self.timeout_retries > 0 and pool is not None:
+            self.timeout_retries -= 1  # (the failed attempt is already counted in session.retries)
+            pool.servers[0].health.ejected_until = 0.0
+            self._dial_pool(pool, self.dial_timeout, 0, self.prefix)
+            return
         dial = self.stage
         exhausted = dial.exhausted if isinstance(dial, Dial) else None
-        self._end(reason, detail)
-        if exhausted is not None:  # after _end: its own release must not resume accepting
+        self.stage = None
+        self._dial_failed(reason, detail)
+        if exhausted is not None:  # after the end: its own release must not resume accepting
             self.listener.out_of_resources(exhausted, "open a socket to a server")
+
+    def _dial_failed(self, reason: Reason, detail: str) -> None:
+        """No connection to the server: end (modes that answer the client override this)."""
+        self._end(reason, detail)
+
+    # -- client-chosen destinations (sni dial routes, the gateway, the forward proxy) --------
+    def _dial_destination(
+        self, host: str, port: int, policy: DestPolicy, *, timeout: float, timeout_retries: int = 0
+    ) -> None:
+        """Dial a destination the client chose: resolve ``host`` unless it is an IP literal,
+        check the IP actually dialled against ``policy``, then connect to it alone (a timeout is
+        retried ``timeout_retries`` times). ``self.prefix`` goes to it first. Refusals come back
+        through :meth:`_destination_refused`, a name that does not resolve through
+        :meth:`_unresolved`, connect failures through :meth:`_dial_failed`."""
+        self.dial_timeout = timeout
+        self.timeout_retries = timeout_retries
+        if is_ip(host):
+            self._dial_checked(host, host, port, policy)
+        else:
+            self.resolving = self.ctx.loop.create_task(self._resolve(host, port, policy))
+
+    async def _resolve(self, host: str, port: int, policy: DestPolicy) -> None:
+        try:
+            try:
+                infos = await self.ctx.loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            except OSError as exc:
+                self.resolving = None
+                if not self.ended:
+                    self._unresolved(host, exc)
+                return
+            self.resolving = None
+            if not self.ended:
+                self._dial_checked(host, str(infos[0][4][0]), port, policy)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self._crash(exc)
+
+    def _dial_checked(self, host: str, ip: str, port: int, policy: DestPolicy) -> None:
+        why = policy.check(None if host == ip else host, ip, port)
+        if why is not None:
+            self._destination_refused(why)
+            return
+        server = Server(format_hostport(host, port), ip, port)
+        server.sockaddr = (ip, port, 0, 0) if ":" in ip else (ip, port)
+        self.pool = Pool(f"{self.spec.mode}:{self.spec.name}", [server])
+        self._dial_pool(self.pool, self.dial_timeout, 0, self.prefix)
+
+    def _destination_refused(self, why: str) -> None:
+        """The policy refused the destination (modes answer in their protocol)."""
+        self._end(Reason.REFUSED_BY_RULE, f"destination refused: {why}")
+
+    def _unresolved(self, host: str, exc: OSError) -> None:
+        """The destination's name did not resolve (modes answer in their protocol)."""
+        self._end(Reason.CONNECT_REFUSED, f"{host}: cannot resolve: {exc}")
 
     def _on_attempt_failed(self, server: Server, detail: str, change: str | None) -> None:
         session = self.session
@@ -361,5 +445,8 @@ class TcpConnection:
         self._end(Reason.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}")
 
     def abort(self, reason: Reason, detail: str = "") -> None:
-        """End now, whatever the stage (drain deadline, shutdown)."""
+        """End now, whatever the stage (drain deadline, shutdown; also while resolving)."""
+        if self.resolving is not None:
+            self.resolving.cancel()
+            self.resolving = None
         self._end(reason, detail)
