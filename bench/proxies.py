@@ -4,7 +4,7 @@ Every proxy runs with one worker (one process or one thread doing the work), pin
 listening on 127.0.0.1 and forwarding to one upstream on 127.0.0.1. To add a proxy, subclass
 :class:`Proxy`, implement ``write_config`` and ``argv``, and add it to :data:`PROXY_CLASSES`.
 
-A proxy runs in one of four modes, chosen by the scenario (a :class:`Mode`, ``self.mode`` while it
+A proxy runs in one of five modes, chosen by the scenario (a :class:`Mode`, ``self.mode`` while it
 runs):
 
 - ``tcp``: plain forwarding to the upstream;
@@ -17,15 +17,20 @@ runs):
   ``mode = "gateway"`` listener with the key of ``mode.keyring_line`` that lets tokens lead to the
   upstream only (clients send a token line and read ``200`` first: ``gateway_handshake``). The
   other proxies have no gateway mode.
+- ``forward``: a forward proxy (Portway ``mode = "http-proxy"``, squid, tinyproxy, proxy.py, pproxy,
+  mitmdump): clients send absolute-form HTTP requests or ``CONNECT`` for the upstream, which is the
+  only destination allowed. The tcp/sni/tls peers have no forward mode, and the forward peers
+  nothing else.
 
 ``modes`` says which a proxy supports (sniproxy only has sni; with TLS terminated in the proxy there
 is nothing to splice, so the relay/splice variants portway-copy and haproxy-splice have no tls mode).
-``description``, ``sni_description``, ``tls_description`` and ``gateway_description`` say how it is
-configured in each (the report shows those of the modes that ran).
+``description``, ``sni_description``, ``tls_description``, ``gateway_description`` and
+``forward_description`` say how it is configured in each (the report shows those of the modes that ran).
 """
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -43,8 +48,9 @@ REPO = Path(__file__).resolve().parent.parent
 FD_RESERVE = 512
 
 #: Every mode, in report order (see the module docstring).
-MODES = ("tcp", "sni", "tls", "gateway")
-#: The modes every proxy has unless it says otherwise (gateway is Portway's own).
+MODES = ("tcp", "sni", "tls", "gateway", "forward")
+#: The modes every proxy has unless it says otherwise (gateway is Portway's own, forward is the
+#: forward proxies').
 COMMON_MODES = ("tcp", "sni", "tls")
 
 
@@ -88,6 +94,7 @@ class Mode:
 
 
 TCP = Mode()
+FORWARD = Mode("forward")
 
 
 @dataclass
@@ -117,6 +124,8 @@ class Proxy(ABC):
     tls_description: str = ""
     #: How it is configured in the gateway scenarios.
     gateway_description: str = ""
+    #: How it is configured in the forward-proxy scenarios.
+    forward_description: str = ""
     #: The modes this proxy can run in, a subset of :data:`MODES`.
     modes: tuple[str, ...] = COMMON_MODES
     #: In gateway mode: whether clients must send a token line and read ``200`` before their data.
@@ -155,6 +164,7 @@ class Proxy(ABC):
             "sni": self.sni_description,
             "tls": self.tls_description,
             "gateway": self.gateway_description,
+            "forward": self.forward_description,
         }[kind]
 
     def start(self, listen_port: int, upstream_port: int, tag: str, mode: Mode = TCP) -> None:
@@ -208,6 +218,11 @@ class Portway(Proxy):
         'Portway mode = "tls", certificates = ["site.pem"] (one self-signed P-256 certificate for '
         'localhost, chain + key), backend = "origin", workers = 1 (TCP_DEFER_ACCEPT, as on every tls '
         "listener; relay does not apply to terminated connections)"
+    )
+    forward_description = (
+        'Portway mode = "http-proxy", workers = 1, allow = ["127.0.0.1:ORIGIN_PORT"], connect_ports = '
+        "[ORIGIN_PORT], no users_file, socks5 on (default), admin and access log off (one plain-HTTP "
+        "request per client connection in this version)"
     )
 
     def __init__(self, ctx: Context) -> None:
@@ -283,6 +298,17 @@ class Portway(Proxy):
                 relay = "{self.relay}"
                 """
             backend = ""  # the token names the destination
+        elif self.mode.kind == "forward":
+            # loopback destinations must be allowed explicitly; CONNECT only to the origin's port
+            listener = f"""\
+                mode = "http-proxy"
+                bind = "127.0.0.1:{listen_port}"
+                allow = ["127.0.0.1:{upstream_port}"]
+                connect_ports = [{upstream_port}]
+                max_connections = 100000
+                relay = "{self.relay}"
+                """
+            backend = ""  # the clients name the destination
         elif self.mode.kind == "tls":
             listener = f"""\
                 mode = "tls"
@@ -585,6 +611,218 @@ table bench {{
         return ["sniproxy", "-f", "-n", str(self.ctx.fd_limit), "-c", str(config)]
 
 
+# ------------------------------------------------------------------------------------ forward proxies
+
+#: The separate venv of the Python forward proxies (proxy.py, pproxy, mitmproxy): bench/setup.sh
+#: makes it, so that Portway's own venv stays clean.
+PEERS_VENV = Path(__file__).resolve().parent / ".peers-venv"
+
+
+class ForwardProxy(Proxy):
+    """A forward-proxy peer: the forward scenarios only."""
+
+    modes = ("forward",)
+
+    def __init__(self, ctx: Context) -> None:
+        super().__init__(ctx)
+        self.description = self.forward_description
+
+
+class Squid(ForwardProxy):
+    """squid, one process (``-N``: no daemon, no kid processes), no cache, no access log.
+
+    As root, squid drops to its ``cache_effective_user`` (Debian's ``proxy``), so the run directory
+    is made writable for its cache log.
+    """
+
+    name = "squid"
+    forward_description = (
+        "squid -N (one process, workers 1), http_access allow from 127.0.0.1 only, Safe_ports = "
+        "SSL_ports = the origin's port (deny !Safe_ports, deny CONNECT !SSL_ports), cache deny all, "
+        "cache_mem 0, access_log none, pinger_enable off, other settings default (so it keeps idle "
+        "server connections to the origin for reuse: server_persistent_connections on)"
+    )
+
+    def unavailable(self) -> str | None:
+        return None if shutil.which("squid") else "squid not installed (run bench/setup.sh)"
+
+    def version(self) -> str:
+        return _first_line(["squid", "-v"])
+
+    def write_config(self, listen_port: int, upstream_port: int, rundir: Path) -> Path:
+        rundir.chmod(0o777)  # squid writes its cache log as the proxy user
+        path = rundir / "squid.conf"
+        path.write_text(
+            f"""http_port 127.0.0.1:{listen_port}
+workers 1
+acl bench_client src 127.0.0.1/32
+acl Safe_ports port {upstream_port}
+acl SSL_ports port {upstream_port}
+acl CONNECT method CONNECT
+http_access deny !Safe_ports
+http_access deny CONNECT !SSL_ports
+http_access allow bench_client
+http_access deny all
+cache deny all
+cache_mem 0 MB
+access_log none
+cache_store_log none
+cache_log {rundir}/cache.log
+pid_filename {rundir}/squid.pid
+coredump_dir {rundir}
+pinger_enable off
+max_filedescriptors {self.ctx.fd_limit}
+shutdown_lifetime 0 seconds
+"""
+        )
+        return path
+
+    def argv(self, config: Path, rundir: Path) -> list[str]:
+        return ["squid", "-N", "-f", str(config)]
+
+
+class Tinyproxy(ForwardProxy):
+    """tinyproxy in the foreground (``-d``): one process, a thread per client."""
+
+    name = "tinyproxy"
+    forward_description = (
+        "tinyproxy -d (one process, a thread per client), MaxClients 10000, Allow 127.0.0.1, "
+        "ConnectPort ORIGIN_PORT, LogLevel Warning, Timeout 3600"
+    )
+
+    def unavailable(self) -> str | None:
+        return None if shutil.which("tinyproxy") else "tinyproxy not installed (run bench/setup.sh)"
+
+    def version(self) -> str:
+        return _first_line(["tinyproxy", "-v"])
+
+    def write_config(self, listen_port: int, upstream_port: int, rundir: Path) -> Path:
+        path = rundir / "tinyproxy.conf"
+        path.write_text(
+            f"""Port {listen_port}
+Listen 127.0.0.1
+Timeout 3600
+MaxClients 10000
+Allow 127.0.0.1
+ConnectPort {upstream_port}
+LogLevel Warning
+LogFile "{rundir}/tinyproxy.log"
+PidFile "{rundir}/tinyproxy.pid"
+"""
+        )
+        return path
+
+    def argv(self, config: Path, rundir: Path) -> list[str]:
+        return ["tinyproxy", "-d", "-c", str(config)]
+
+
+class PeerVenvProxy(ForwardProxy):
+    """A Python forward proxy installed in :data:`PEERS_VENV` (``tool`` is its script there)."""
+
+    tool = ""
+    package = ""
+    listen_port = 0
+
+    @property
+    def script(self) -> Path:
+        return PEERS_VENV / "bin" / self.tool
+
+    def unavailable(self) -> str | None:
+        if not os.access(self.script, os.X_OK):
+            return (
+                f"{self.script} missing: {self.package} is installed in bench/.peers-venv by bench/setup.sh"
+            )
+        return None
+
+    def version(self) -> str:
+        try:
+            meta = subprocess.run(
+                [str(PEERS_VENV / "bin" / "pip"), "show", self.package],
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=False,
+            ).stdout
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return f"{self.package} unknown ({exc})"
+        versions = [
+            line.split(":", 1)[1].strip() for line in meta.splitlines() if line.startswith("Version:")
+        ]
+        python = _first_line([str(PEERS_VENV / "bin" / "python"), "-V"])
+        return f"{self.package} {versions[0] if versions else 'unknown'} ({python})"
+
+    def write_config(self, listen_port: int, upstream_port: int, rundir: Path) -> Path:
+        self.listen_port = listen_port  # command-line options only: argv() uses it
+        return rundir
+
+
+class ProxyPy(PeerVenvProxy):
+    """proxy.py (abhinavsingh), one acceptor and one worker process, its default plugins."""
+
+    name = "proxy.py"
+    tool = "proxy"
+    package = "proxy.py"
+    forward_description = (
+        "proxy --hostname 127.0.0.1 --port P --num-workers 1 --num-acceptors 1 --log-level WARNING "
+        "(default plugins; WARNING: no per-request log line, as the others' access logs are off)"
+    )
+
+    def argv(self, config: Path, rundir: Path) -> list[str]:
+        return [
+            str(self.script),
+            "--hostname",
+            "127.0.0.1",
+            "--port",
+            str(self.listen_port),
+            "--num-workers",
+            "1",
+            "--num-acceptors",
+            "1",
+            "--log-level",
+            "WARNING",
+            "--pid-file",
+            str(rundir / "proxy.pid"),
+        ]
+
+
+class Pproxy(PeerVenvProxy):
+    """pproxy (asyncio), one process, an HTTP listener (which also serves CONNECT)."""
+
+    name = "pproxy"
+    tool = "pproxy"
+    package = "pproxy"
+    forward_description = "pproxy -l http://127.0.0.1:P (one process, asyncio, defaults)"
+
+    def argv(self, config: Path, rundir: Path) -> list[str]:
+        return [str(self.script), "-l", f"http://127.0.0.1:{self.listen_port}"]
+
+
+class Mitmdump(PeerVenvProxy):
+    """mitmdump (mitmproxy without a UI), regular (forward) mode, quiet, default options."""
+
+    name = "mitmdump"
+    tool = "mitmdump"
+    package = "mitmproxy"
+    forward_description = (
+        "mitmdump --listen-host 127.0.0.1 -p P -q (regular mode, default options; its CA is made once "
+        "per run in the work directory's confdir). Inside CONNECT it sees plain HTTP, not TLS, and "
+        "proxies it as HTTP"
+    )
+
+    def argv(self, config: Path, rundir: Path) -> list[str]:
+        confdir = self.ctx.workdir / "mitmproxy-confdir"  # the CA is generated on first start
+        return [
+            str(self.script),
+            "--listen-host",
+            "127.0.0.1",
+            "-p",
+            str(self.listen_port),
+            "-q",
+            "--set",
+            f"confdir={confdir}",
+        ]
+
+
 #: Every known proxy, in report order.
 PROXY_CLASSES: list[type[Proxy]] = [
     Portway,
@@ -594,6 +832,11 @@ PROXY_CLASSES: list[type[Proxy]] = [
     HAProxySplice,
     Nginx,
     Sniproxy,
+    Squid,
+    Tinyproxy,
+    ProxyPy,
+    Pproxy,
+    Mitmdump,
 ]
 
 

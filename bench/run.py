@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
-"""Portway benchmark harness: Portway against HAProxy and nginx (and sniproxy) on loopback.
+"""Portway benchmark harness: Portway against HAProxy and nginx (and sniproxy) on loopback, and
+Portway's forward proxy against squid, tinyproxy, proxy.py, pproxy and mitmdump.
 
 Each proxy runs with one worker pinned to the proxy core; load generators and backends run on the
 load core. Scenarios (see ``scenarios.py``): ``bulk`` (iperf3), ``short`` (wrk, one connection per
 request) and ``idle`` (RSS per held connection) run by default; on request, wrk over HTTPS with new
 TLS connections or keep-alive requests, through SNI passthrough (``sni-new``, ``sni-keepalive``) or
 with TLS terminated by the proxy (``tls-new``, ``tls-keepalive``); and Portway's gateway listener
-against its own tcp listener (``gw-connect``, ``gw-bulk``). Each scenario × proxy runs ``--runs``
+against its own tcp listener (``gw-connect``, ``gw-bulk``); Portway's ``mode = "http-proxy"`` against
+forward proxies (``fwd-new``, ``fwd-connect``, ``fwd-keepalive``). Each scenario × proxy runs ``--runs``
 times with the proxies interleaved per round, so that ratios can be paired round by round.
 A Markdown report goes to stdout, the full data to ``bench/results/<timestamp>.json``, progress to
 stderr.
@@ -16,6 +18,7 @@ stderr.
     python bench/run.py --scenarios sni-new,sni-keepalive         # SNI passthrough, sniproxy included
     python bench/run.py --scenarios tls-new,tls-keepalive         # TLS termination: portway, haproxy, nginx
     python bench/run.py --scenarios gw-connect,gw-bulk            # portway-gateway against portway (tcp)
+    python bench/run.py --scenarios fwd-new,fwd-connect           # forward proxies: portway vs squid...
 """
 
 from __future__ import annotations
@@ -41,6 +44,9 @@ from proxies import MODES, PROXY_CLASSES, REPO, Context, Proxy, make_proxies
 from report import Runs, markdown, summarize
 from scenarios import (
     Bulk,
+    FwdConnect,
+    FwdKeepalive,
+    FwdNew,
     GwBulk,
     GwConnect,
     Idle,
@@ -65,11 +71,14 @@ SCENARIOS: dict[str, type[Scenario]] = {
     "tls-keepalive": TlsKeepalive,
     "gw-connect": GwConnect,
     "gw-bulk": GwBulk,
+    "fwd-new": FwdNew,
+    "fwd-connect": FwdConnect,
+    "fwd-keepalive": FwdKeepalive,
 }
-#: What runs without --scenarios (the sni, tls and gateway scenarios are asked for by name).
+#: What runs without --scenarios (the sni, tls, gateway and forward scenarios are asked for by name).
 DEFAULT_SCENARIOS = ["bulk", "short", "idle"]
 ALL_PROXIES = [cls.name for cls in PROXY_CLASSES]
-#: The modes ("tcp", "sni", "tls", "gateway") each proxy supports, to pick the default --proxies.
+#: The modes ("tcp", "sni", "tls", "gateway", "forward") each proxy supports, to pick the default --proxies.
 PROXY_MODES = {cls.name: cls.modes for cls in PROXY_CLASSES}
 
 #: Tools needed per scenario and per proxy (portway is checked separately and skipped if absent).
@@ -83,6 +92,9 @@ TOOLS_FOR: dict[str, list[str]] = {
     "tls-keepalive": ["wrk", "nginx", "openssl"],
     "gw-connect": ["nginx"],
     "gw-bulk": [],
+    "fwd-new": ["ab", "nginx"],
+    "fwd-connect": ["nginx"],
+    "fwd-keepalive": ["ab", "nginx"],
     "haproxy": ["haproxy"],
     "haproxy-splice": ["haproxy"],
     "nginx": ["nginx"],
@@ -137,14 +149,21 @@ gw-*: portway-gateway (a mode = "gateway" listener; every client sends a v2 toke
 "200" first) against portway (its tcp listener, no handshake), with the Python peers of
 bench/gwload.py on the load core; the other proxies have no gateway mode. gw-connect: new
 connections (--wrk-connections concurrent) each doing one HTTP request to an nginx origin;
-gw-bulk: one transfer of --gw-bulk-mib each way.""",
+gw-bulk: one transfer of --gw-bulk-mib each way.
+fwd-*: forward proxies (portway mode = "http-proxy", squid, tinyproxy, proxy.py, pproxy,
+mitmdump; the Python ones from bench/.peers-venv, skipped with a note when missing) in front of
+an nginx origin, the only destination they allow. fwd-new: ab -X (absolute-form HTTP/1.0, a
+new client connection per request); fwd-keepalive: ab -k -X (Portway closes after each
+response in this version: ab reconnects);
+fwd-connect: bench/proxyload.py, --wrk-connections concurrent CONNECT tunnels, each carrying
+one HTTP GET. Ratios against squid and tinyproxy.""",
     )
     p.add_argument(
         "--scenarios",
         type=csv(list(SCENARIOS)),
         default=",".join(DEFAULT_SCENARIOS),
         help=f"comma-separated subset of: {','.join(SCENARIOS)} (default: %(default)s; the sni, "
-        "tls and gw ones run only when named)",
+        "tls, gw and fwd ones run only when named)",
     )
     p.add_argument(
         "--proxies",
@@ -152,7 +171,8 @@ gw-bulk: one transfer of --gw-bulk-mib each way.""",
         default=None,
         help=f"comma-separated subset of: {','.join(ALL_PROXIES)} (default: every proxy that has the "
         "mode of one of the scenarios: sniproxy only with an sni scenario, portway-copy and "
-        "haproxy-splice not with tls scenarios alone, portway-gateway only with a gw scenario; "
+        "haproxy-splice not with tls scenarios alone, portway-gateway only with a gw scenario, the "
+        "forward proxies only with a fwd scenario; "
         "portway is skipped with a note if it cannot run)",
     )
     p.add_argument(
@@ -173,7 +193,7 @@ gw-bulk: one transfer of --gw-bulk-mib each way.""",
         "--wrk-connections",
         type=int,
         default=50,
-        help="wrk -c, and the concurrency of gw-connect (default: 50)",
+        help="wrk -c, and the concurrency of gw-connect and fwd-connect (default: 50)",
     )
     p.add_argument(
         "--gw-bulk-mib",

@@ -1,6 +1,7 @@
 """Benchmark scenarios: bulk transfer (iperf3), short connections (wrk), idle connections (RSS),
-wrk over HTTPS with the proxies passing TLS through by SNI (sni-*) or terminating it (tls-*), and
-Portway's gateway listener against its tcp listener (gw-*, with the Python peers of ``gwload.py``).
+wrk over HTTPS with the proxies passing TLS through by SNI (sni-*) or terminating it (tls-*),
+Portway's gateway listener against its tcp listener (gw-*, with the Python peers of ``gwload.py``),
+and forward proxies (fwd-*: absolute-form HTTP with wrk, CONNECT tunnels with ``proxyload.py``).
 
 A scenario starts its backend once on the load core (``setup``). It has one or more cases (e.g. the
 iperf3 variants, or the idle connection counts); each case is measured on a freshly started proxy
@@ -18,6 +19,7 @@ import ssl
 import subprocess
 import sys
 import time
+import urllib.request
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from gwload import OK_STATUS, REPLY_HEAD, REPLY_TAIL, REQUEST, recv_exactly
 from proctree import Child, StartError, cpu_seconds, free_port, rss_kib, wait_listening
-from proxies import TCP, Certificate, Mode, Proxy, nginx_common
+from proxies import FORWARD, TCP, Certificate, Mode, Proxy, nginx_common
 
 if TYPE_CHECKING:  # imported when a gateway scenario runs (it needs the venv's portway)
     from portway.proto.gateway import Keyring
@@ -233,6 +235,14 @@ def make_certificate(rundir: Path, name: str) -> Certificate:
     return cert
 
 
+#: The origin's request counter (nginx stub_status), asked for by the forward scenarios.
+STATUS_PATH = "/__bench_status"
+STATUS_LOCATION = f"""        location = {STATUS_PATH} {{
+            stub_status;
+        }}
+"""
+
+
 def nginx_origin(
     label: str,
     rundir: Path,
@@ -241,9 +251,11 @@ def nginx_origin(
     *,
     keepalive_requests: int | None = None,
     tls: Certificate | None = None,
+    status: bool = False,
 ) -> Child:
     """Start an nginx origin on ``core`` that answers every request with 200 "ok\\n" (access log off),
-    over HTTPS with ``tls`` (TLS 1.2 and 1.3), else plain HTTP; return it once it listens."""
+    over HTTPS with ``tls`` (TLS 1.2 and 1.3), else plain HTTP; return it once it listens. With
+    ``status``, ``/__bench_status`` is nginx's stub_status (the requests it has seen)."""
     rundir.mkdir(parents=True, exist_ok=True)
     conf = rundir / "nginx.conf"
     temps = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
@@ -268,7 +280,7 @@ def nginx_origin(
 {ssl_lines}        location / {{
             return 200 "ok\\n";
         }}
-    }}
+{STATUS_LOCATION if status else ""}    }}
 }}
 """
     )
@@ -931,4 +943,300 @@ class GwBulk(GatewayScenario):
         result.values[f"{case}_cpu_s_per_gb"] = cpu / (total / 1e9)
         result.values[f"{case}_busy"] = 100 * cpu / data["seconds"]
         result.values[f"{case}_load_busy"] = data["load_core_busy"]
+        return result
+
+
+# ------------------------------------------------------------------------------------ forward
+
+
+STUB_REQUESTS = re.compile(r"server accepts handled requests\s+\d+\s+\d+\s+(\d+)")
+
+
+class ForwardScenario(Scenario):
+    """A forward proxy in front of the short scenario's nginx origin (``keepalive_requests 100000``,
+    and stub_status to count the requests it has seen).
+
+    Clients name the origin in each request (absolute-form ``GET http://127.0.0.1:ORIGIN/`` or
+    ``CONNECT 127.0.0.1:ORIGIN``): the proxies allow that one destination only. Each measurement
+    first sends one request through the proxy by hand (:meth:`probe`) and checks that the origin
+    saw it; after the load, the origin must have seen at least as many requests as completed.
+    Ratios are against squid, then tinyproxy.
+    """
+
+    kind = "forward"
+    references: tuple[str, ...] = ("squid", "tinyproxy")
+
+    def setup(self) -> None:
+        rundir = self.s.workdir / f"origin-{self.name}"
+        self.backend = nginx_origin(
+            f"nginx-origin-{self.name}",
+            rundir,
+            self.upstream_port,
+            self.s.load_core,
+            keepalive_requests=100000,
+            status=True,
+        )
+
+    def proxy_mode(self) -> Mode:
+        return FORWARD
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.upstream_port}"
+
+    def origin_requests(self) -> int:
+        """The origin's request count so far (this stub_status request included), asked directly."""
+        url = f"http://{self.target}{STATUS_PATH}"
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never via *_proxy
+        with opener.open(url, timeout=10) as reply:
+            text = reply.read().decode()
+        match = STUB_REQUESTS.search(text)
+        if match is None:
+            raise RuntimeError(f"origin stub_status unreadable: {text[:200]!r}")
+        return int(match.group(1))
+
+    def origin_seen_since(self, before: int) -> int:
+        """Requests the origin served since ``before`` (a reading of :meth:`origin_requests`), not
+        counting the stub_status requests themselves."""
+        return self.origin_requests() - before - 1
+
+    @abstractmethod
+    def probe_request(self, sock: socket.socket) -> bytes:
+        """Talk to the proxy on ``sock`` for one request to the origin; return the reply to EOF."""
+
+    def probe(self, proxy: Proxy, port: int) -> None:
+        """One request through the proxy by hand: the origin's ``200 ok`` comes back and the origin
+        saw exactly that request."""
+        before = self.origin_requests()
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+                reply = self.probe_request(sock)
+        except OSError as exc:
+            raise RuntimeError(f"probe through {proxy.name} failed: {exc}") from exc
+        if not reply.startswith((b"HTTP/1.1 200 ", b"HTTP/1.0 200 ")) or not reply.endswith(b"\r\n\r\nok\n"):
+            raise RuntimeError(f"probe through {proxy.name}: unexpected answer {reply[:300]!r}")
+        seen = self.origin_seen_since(before)
+        if seen != 1:
+            raise RuntimeError(f"probe through {proxy.name}: the origin saw {seen} requests, not 1")
+
+    def check_origin(self, proxy: Proxy, before: int, completed: int, result: Measured) -> None:
+        """After the load: the origin must have served every request counted as completed."""
+        seen = self.origin_seen_since(before)
+        result.values["origin_requests"] = seen
+        if seen < completed:
+            raise RuntimeError(f"{completed} requests completed but the origin saw only {seen}")
+
+
+def _read_to_eof(sock: socket.socket) -> bytes:
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    return data
+
+
+AB_COMPLETE = re.compile(r"^Complete requests:\s+(\d+)", re.MULTILINE)
+AB_FAILED = re.compile(r"^Failed requests:\s+(\d+)", re.MULTILINE)
+AB_NON2XX = re.compile(r"^Non-2xx responses:\s+(\d+)", re.MULTILINE)
+AB_WRITE_ERRORS = re.compile(r"^Write errors:\s+(\d+)", re.MULTILINE)
+AB_SECONDS = re.compile(r"^Time taken for tests:\s+([\d.]+) seconds", re.MULTILINE)
+#: ab's "Percentage of the requests served within a certain time (ms)" table: whole milliseconds.
+AB_P99 = re.compile(r"^\s*99%\s+(\d+)\s*$", re.MULTILINE)
+
+
+class ForwardHttp(ForwardScenario):
+    """ab through the proxy (``-X 127.0.0.1:PORT``: absolute-form HTTP/1.0 requests for
+    ``http://127.0.0.1:ORIGIN/``), ``--wrk-connections`` concurrent for ``--duration``: without
+    ``-k`` a new client connection per request, with ``-k`` (``keepalive``) keep-alive requests
+    as far as the proxy keeps the client connection open.
+
+    ab rather than wrk: wrk reuses a connection whose response did not say ``Connection: close``,
+    so a proxy that closes after answering without saying so (tinyproxy does) shows one wrk read
+    error per request although every response arrived whole; ab (HTTP/1.0) does not.
+    """
+
+    keepalive = False
+
+    def rate_metric(self) -> Metric:
+        if self.keepalive:
+            return Metric("req_per_s", "requests/s (ab -k, keep-alive clients)", "req/s", "higher", 0)
+        return Metric("req_per_s", "requests/s (new connection each)", "req/s", "higher", 0)
+
+    def metrics(self) -> list[Metric]:
+        return [
+            self.rate_metric(),
+            Metric("p99_ms", "p99 latency (ab, whole ms)", "ms", "lower", 0),
+            Metric("cpu_ms_per_1k", "proxy CPU per 1,000 requests", "ms", "lower", 1),
+            Metric("busy", "proxy core busy", "%", "", 0, ratio=False),
+            Metric("requests", "requests completed (ab)", "count", "", 0, ratio=False),
+            Metric("origin_requests", "requests the origin served", "count", "", 0, ratio=False),
+            Metric("errors", "ab failed requests + write errors", "count", "lower", 0, ratio=False),
+            Metric("non_2xx", "ab non-2xx responses", "count", "lower", 0, ratio=False),
+        ]
+
+    def probe_request(self, sock: socket.socket) -> bytes:
+        head = f"GET http://{self.target}/ HTTP/1.1\r\nHost: {self.target}\r\nConnection: close\r\n\r\n"
+        sock.sendall(head.encode())
+        return _read_to_eof(sock)
+
+    def measure(self, proxy: Proxy, port: int, case: str) -> Measured:
+        self.probe(proxy, port)
+        # -t first: it implies -n 50000, which the -n after it lifts; -r: a receive error is
+        # counted, it does not end the run; -s: the per-request timeout
+        argv = ["ab", "-t", f"{self.s.duration:g}", "-n", "100000000", "-c", str(self.s.wrk_connections)]
+        argv += ["-s", "5", "-r", "-X", f"127.0.0.1:{port}"]
+        if self.keepalive:
+            argv.append("-k")
+        argv.append(f"http://{self.target}/")
+        before = self.origin_requests()
+        pids = proxy.pids()
+        t0, cpu0 = time.monotonic(), cpu_seconds(pids)
+        try:
+            out = self.load_cmd(argv, timeout=self.s.duration + 30)
+        except subprocess.TimeoutExpired as exc:
+            raise RuntimeError("ab timed out") from exc
+        cpu1, t1 = cpu_seconds(pids), time.monotonic()
+        complete, seconds = AB_COMPLETE.search(out.stdout), AB_SECONDS.search(out.stdout)
+        if out.returncode != 0 or complete is None or seconds is None:
+            raise RuntimeError(f"ab failed (exit {out.returncode}): {(out.stderr or out.stdout)[-300:]}")
+
+        def count(pattern: re.Pattern[str]) -> int:
+            match = pattern.search(out.stdout)
+            return int(match.group(1)) if match else 0
+
+        failed, write_errors, non2xx = count(AB_FAILED), count(AB_WRITE_ERRORS), count(AB_NON2XX)
+        requests = int(complete.group(1))
+        good = requests - non2xx  # counted only when failed == write_errors == non2xx == 0
+        p99 = AB_P99.search(out.stdout)
+        result = Measured()
+        result.values["busy"] = 100 * (cpu1 - cpu0) / (t1 - t0)
+        result.values["requests"] = requests
+        result.values["errors"] = failed + write_errors
+        result.values["non_2xx"] = non2xx
+        if failed or write_errors or non2xx:
+            # must be 0 to count: the rate, latency and CPU figures of this run are left out
+            result.notes.append(
+                f"{proxy.name} {self.name}: ab failed {failed}, write errors {write_errors}, non-2xx "
+                f"{non2xx}: the run's rate, p99 and CPU are not counted"
+            )
+        else:
+            result.values["req_per_s"] = good / float(seconds.group(1))
+            if p99:
+                result.values["p99_ms"] = float(p99.group(1))
+            if good:
+                result.values["cpu_ms_per_1k"] = (cpu1 - cpu0) * 1000 / (good / 1000)
+        if requests == 0:
+            raise RuntimeError(f"ab completed no request: {out.stdout.strip()[-300:]}")
+        self.check_origin(proxy, before, 0 if result.notes else good, result)
+        return result
+
+
+class FwdNew(ForwardHttp):
+    """A new client connection per plain-HTTP request (ab without ``-k``)."""
+
+    name = "fwd-new"
+    title = "Forward proxy, plain HTTP, a new client connection per request (ab -X, absolute-form, HTTP/1.0)"
+
+
+class FwdKeepalive(ForwardHttp):
+    """ab ``-k``: clients ask to keep the connection; a proxy that closes after each response makes
+    ab reconnect (Portway does, in this version)."""
+
+    name = "fwd-keepalive"
+    title = "Forward proxy, plain HTTP, keep-alive clients (ab -k -X; a proxy may close anyway)"
+    keepalive = True
+
+
+class FwdConnect(ForwardScenario):
+    """CONNECT tunnels with a fixed concurrency (``proxyload.py connect-tunnel``, Python on uvloop on
+    the load core): CONNECT → ``200`` → one HTTP GET with ``Connection: close`` through the tunnel →
+    read to EOF → close."""
+
+    name = "fwd-connect"
+    title = "Forward proxy, CONNECT tunnels"
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(settings)
+        self.title = (
+            f"Forward proxy, CONNECT tunnels (proxyload.py connect-tunnel, {settings.wrk_connections} "
+            "concurrent: CONNECT, read 200, one HTTP GET with Connection: close, read to EOF)"
+        )
+
+    def metrics(self) -> list[Metric]:
+        return [
+            Metric("tunnels_per_s", "tunnels/s", "tunnel/s", "higher", 0),
+            Metric("p99_ms", "p99 tunnel latency (connect → EOF)", "ms", "lower", 2),
+            Metric("cpu_ms_per_1k", "proxy CPU per 1,000 tunnels", "ms", "lower", 1),
+            Metric("busy", "proxy core busy", "%", "", 0, ratio=False),
+            Metric("tunnels", "tunnels completed", "count", "", 0, ratio=False),
+            Metric("origin_requests", "requests the origin served", "count", "", 0, ratio=False),
+            Metric(
+                "errors",
+                "errors (connect, status not 200, bad reply, timeout)",
+                "count",
+                "lower",
+                0,
+                ratio=False,
+            ),
+            Metric("generator_busy", "load generator CPU (of the load core)", "%", "", 0, ratio=False),
+            Metric("load_core_busy", "load core busy (generator + origin + kernel)", "%", "", 0, ratio=False),
+        ]
+
+    def probe_request(self, sock: socket.socket) -> bytes:
+        sock.sendall(f"CONNECT {self.target} HTTP/1.1\r\nHost: {self.target}\r\n\r\n".encode())
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = sock.recv(1)  # byte by byte: nothing of the tunnel is read with the head
+            if not chunk:
+                raise RuntimeError(f"CONNECT probe: the proxy closed after {head!r}")
+            head += chunk
+        if not re.match(rb"HTTP/1\.[01] 200[ \r]", head):
+            raise RuntimeError(f"CONNECT probe: answered {head[:200]!r}")
+        sock.sendall(REQUEST)
+        return _read_to_eof(sock)
+
+    def measure(self, proxy: Proxy, port: int, case: str) -> Measured:
+        self.probe(proxy, port)
+        argv = [sys.executable, str(HERE / "proxyload.py"), "connect-tunnel", str(port)]
+        argv += [f"--target={self.target}", f"--duration={self.s.duration:g}"]
+        argv += [f"--concurrency={self.s.wrk_connections}", "--timeout=5"]
+        before = self.origin_requests()
+        pids = proxy.pids()
+        cpu0 = cpu_seconds(pids)
+        try:
+            out = self.load_cmd(argv, timeout=self.s.duration + 30)
+        except subprocess.TimeoutExpired as exc:
+            raise RuntimeError("proxyload.py timed out") from exc
+        cpu = cpu_seconds(pids) - cpu0
+        try:
+            data: dict[str, Any] = json.loads(out.stdout)
+        except json.JSONDecodeError as exc:
+            raise RuntimeError(
+                f"proxyload.py failed (exit {out.returncode}): {(out.stderr or out.stdout)[-300:]}"
+            ) from exc
+        tunnels = int(data["tunnels"])
+        errors = sum(data["errors"].values())
+        result = Measured()
+        if not errors:  # must be 0 to count: else the run's rate, p99 and CPU are left out
+            result.values["tunnels_per_s"] = tunnels / data["seconds"]
+            if data["p99_ms"] is not None:
+                result.values["p99_ms"] = data["p99_ms"]
+            if tunnels:
+                result.values["cpu_ms_per_1k"] = cpu * 1000 / (tunnels / 1000)
+        result.values["busy"] = 100 * cpu / data["seconds"]
+        result.values["tunnels"] = tunnels
+        result.values["errors"] = errors
+        result.values["generator_busy"] = data["generator_busy"]
+        result.values["load_core_busy"] = data["load_core_busy"]
+        if errors:
+            kinds = ", ".join(f"{kind} {n}" for kind, n in sorted(data["errors"].items()))
+            stderr = out.stderr.strip()[-300:]
+            result.notes.append(
+                f"{proxy.name} {self.name}: {errors} failed tunnels ({kinds}): the run's rate, p99 and CPU "
+                "are not counted" + (f"; stderr: {stderr}" if stderr else "")
+            )
+        if data.get("loop") != "uvloop":
+            result.notes.append(f"{self.name}: proxyload.py ran on {data.get('loop')}, not uvloop")
+        if tunnels == 0:
+            raise RuntimeError(f"no tunnel completed: {data}")
+        self.check_origin(proxy, before, tunnels, result)
         return result

@@ -1,0 +1,182 @@
+"""Load generator of the forward-proxy scenario ``fwd-connect``: CONNECT tunnels through a proxy.
+
+Run as its own process, pinned to the load core by the harness; the result is one JSON object on
+stdout::
+
+    python bench/proxyload.py connect-tunnel PORT --target 127.0.0.1:ORIGIN --duration 5 --concurrency 50
+
+``connect-tunnel``: ``--concurrency`` clients (asyncio, uvloop when it imports), each in a loop until
+the duration is over: connect to the proxy → send ``CONNECT TARGET HTTP/1.1`` → read the reply head
+(up to its blank line) → go on only if its status is ``200`` → send one HTTP ``GET`` with
+``Connection: close`` through the tunnel → read to EOF → close. A tunnel counts only if the origin's
+whole answer (``200``, body ``ok``) came back after a ``200`` from the proxy; anything else is an
+error of one kind (``connect``, ``status`` (the proxy did not answer ``200``), ``reply``,
+``timeout``). The latency is connect → EOF.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import re
+import sys
+import time
+from collections import Counter
+from typing import Any, cast
+
+from gwload import REPLY_HEAD, REPLY_TAIL, REQUEST, Window, percentile_ms
+
+#: The proxy's answer to CONNECT: any HTTP/1.x status line with 200 (reasons vary by proxy).
+CONNECT_OK = re.compile(rb"HTTP/1\.[01] 200[ \r]")
+HEAD_END = b"\r\n\r\n"
+#: A CONNECT reply head longer than this is not one.
+MAX_HEAD = 16384
+
+
+def connect_request(target: str) -> bytes:
+    """The CONNECT request head for ``host:port``."""
+    return f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode("ascii")
+
+
+class Tunnel(asyncio.Protocol):
+    """One tunnel: CONNECT, the proxy's ``200`` head, the request, the reply to EOF; ``done`` gets
+    the outcome (``"ok"`` or the error kind)."""
+
+    def __init__(self, connect: bytes, done: asyncio.Future[str], statuses: Counter[str]) -> None:
+        self.connect = connect
+        self.done = done
+        self.statuses = statuses
+        self.buf = bytearray()
+        self.transport: asyncio.Transport | None = None
+        self.in_head = True
+
+    def finish(self, outcome: str) -> None:
+        if not self.done.done():
+            self.done.set_result(outcome)
+        if self.transport is not None:
+            self.transport.close()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's does not subclass it
+        self.transport.write(self.connect)
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        if not self.in_head:
+            return
+        end = self.buf.find(HEAD_END)
+        if end < 0:
+            if len(self.buf) > MAX_HEAD:
+                self.finish("status")
+            return
+        if not CONNECT_OK.match(self.buf):
+            self.finish("status")
+            return
+        self.statuses["200"] += 1
+        self.in_head = False
+        del self.buf[: end + len(HEAD_END)]
+        if self.buf:  # the origin cannot have spoken yet: it has had no request
+            self.finish("reply")
+            return
+        assert self.transport is not None
+        self.transport.write(REQUEST)
+
+    def eof_received(self) -> bool:
+        if self.in_head:
+            self.finish("status")
+        elif self.buf.startswith(REPLY_HEAD) and self.buf.endswith(REPLY_TAIL):
+            self.finish("ok")
+        else:
+            self.finish("reply")
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.finish("status" if self.in_head else "reply")
+
+
+async def tunnel_load(
+    port: int, target: str, duration: float, concurrency: int, timeout: float
+) -> dict[str, Any]:
+    """Run the ``connect-tunnel`` load; return its counts and latencies."""
+    loop = asyncio.get_running_loop()
+    connect = connect_request(target)
+    latencies: list[float] = []
+    errors: Counter[str] = Counter()
+    statuses: Counter[str] = Counter()
+    deadline = time.monotonic() + duration
+
+    def on_exception(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        errors["generator"] += 1  # a bug in this file: counted, so that the run is not clean
+        loop.default_exception_handler(context)
+
+    loop.set_exception_handler(on_exception)
+
+    async def client() -> None:
+        while time.monotonic() < deadline:
+            t0 = time.monotonic()
+            done: asyncio.Future[str] = loop.create_future()
+            transport: asyncio.BaseTransport | None = None
+            try:
+                async with asyncio.timeout(timeout):
+                    try:
+                        transport, _ = await loop.create_connection(
+                            lambda done=done: Tunnel(connect, done, statuses), "127.0.0.1", port
+                        )
+                    except OSError:
+                        outcome = "connect"
+                    else:
+                        outcome = await done
+            except TimeoutError:
+                outcome = "timeout"
+                if transport is not None:
+                    transport.abort()
+            if outcome == "ok":
+                latencies.append(time.monotonic() - t0)
+            else:
+                errors[outcome] += 1
+
+    window = Window()
+    await asyncio.gather(*(client() for _ in range(concurrency)))
+    result: dict[str, Any] = window.close()
+    latencies.sort()
+    result.update(
+        tunnels=len(latencies),
+        p50_ms=percentile_ms(latencies, 0.50),
+        p99_ms=percentile_ms(latencies, 0.99),
+        errors=dict(errors),
+        status_200=statuses["200"],
+    )
+    return result
+
+
+def run_tunnels(args: argparse.Namespace) -> dict[str, Any]:
+    """``connect-tunnel``: on uvloop if it imports, else on asyncio's own loop."""
+    coro = tunnel_load(args.port, args.target, args.duration, args.concurrency, args.timeout)
+    try:
+        import uvloop
+    except ImportError:
+        result = asyncio.run(coro)
+        result["loop"] = "asyncio"
+    else:
+        result = uvloop.run(coro)
+        result["loop"] = "uvloop"
+    return result
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(prog="python bench/proxyload.py", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    c = sub.add_parser("connect-tunnel", help="CONNECT tunnels with a fixed concurrency")
+    c.add_argument("port", type=int, help="the proxy's port on 127.0.0.1")
+    c.add_argument("--target", required=True, help="host:port to CONNECT to (the origin)")
+    c.add_argument("--duration", type=float, default=5.0)
+    c.add_argument("--concurrency", type=int, default=50)
+    c.add_argument("--timeout", type=float, default=5.0, help="per tunnel, connect to EOF")
+    args = p.parse_args()
+    json.dump(run_tunnels(args), sys.stdout)
+    print()
+
+
+if __name__ == "__main__":
+    main()
