@@ -37,7 +37,7 @@ from portway.modes.tcp import TcpConnection
 from portway.net.dial import Dial
 from portway.net.listener import Listener, share_of
 from portway.net.sniff import Sniff
-from portway.proto import NEED_DATA, gateway
+from portway.proto import gateway
 from portway.route.backend import Server
 from portway.route.sourcelimit import SourceLimiter
 from portway.termination import Reason
@@ -58,7 +58,7 @@ TIMEOUT = b"504"
 class GatewayConnection(TcpConnection):
     """One client of a gateway listener."""
 
-    __slots__ = ("address", "later", "pending", "version")
+    __slots__ = ("later", "pending", "version")
 
     def __init__(
         self,
@@ -68,7 +68,6 @@ class GatewayConnection(TcpConnection):
         peer: tuple[str, int],
         frontend: tuple[str, int],
     ) -> None:
-        self.address: gateway.Address | None = None
         self.version = 0
         self.pending = False
         self.later: asyncio.TimerHandle | None = None
@@ -112,22 +111,8 @@ class GatewayConnection(TcpConnection):
             self._end(Reason.REFUSED_BY_RULE, f"{share} handshakes already in progress (max_pending)")
             return
         self._set_pending(True)
-        left = max(0.0, self.spec.sniff_timeout - (ctx.loop.time() - self.session.start_mono))
-        sniff = Sniff(
-            ctx.poller,
-            ctx.wheel,
-            self.sock,
-            functools.partial(gateway.parse_line, limit=spec.line_limit),
-            NEED_DATA,
-            what="token line",
-            limit=spec.line_limit + 1,
-            timeout=left,
-            on_result=self._on_line,
-            on_error=self._on_line_error,
-            initial=prefix,
-        )
-        self.stage = sniff
-        sniff.start()
+        parse = functools.partial(gateway.parse_line, limit=spec.line_limit)
+        self._sniff(parse, "token line", spec.line_limit + 1, prefix, self._on_line, self._on_line_error)
 
     def _on_line_error(self, reason: Reason, detail: str) -> None:
         self._set_pending(False)
@@ -151,7 +136,6 @@ class GatewayConnection(TcpConnection):
                 self._refuse(BAD_TOKEN, f"token refused: {exc}")
                 return
             self.version = version
-            self.address = address
             self.ctx.stats.gateway_token(session.listener, version)
             session.sni = str(address)
             self.prefix = bytes(data[line.length :])

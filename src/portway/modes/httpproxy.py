@@ -44,7 +44,7 @@ from portway.modes.sni import http_response
 from portway.modes.tcp import TcpConnection
 from portway.net.listener import Listener
 from portway.net.sniff import Sniff
-from portway.proto import NEED_DATA, NeedData, httphead, socks5
+from portway.proto import NeedData, httphead, socks5
 from portway.route.auth import PROXY_AUTHENTICATE, parse_basic
 from portway.route.backend import Server
 from portway.termination import Reason
@@ -156,22 +156,7 @@ class HttpProxyConnection(TcpConnection):
         initial: bytes,
         on_result: Callable[[Any, bytearray], None],
     ) -> None:
-        left = max(0.0, self.spec.sniff_timeout - (self.ctx.loop.time() - self.session.start_mono))
-        sniff = Sniff(
-            self.ctx.poller,
-            self.ctx.wheel,
-            self.sock,
-            parse,
-            NEED_DATA,
-            what=what,
-            limit=HEAD_LIMIT,
-            timeout=left,
-            on_result=on_result,
-            on_error=self._on_read_error,
-            initial=initial,
-        )
-        self.stage = sniff
-        sniff.start()
+        self._sniff(parse, what, HEAD_LIMIT, initial, on_result, self._on_read_error)
 
     def _route(self, prefix: bytes) -> None:
         """The PROXY header (if any) is done: read an HTTP head or a SOCKS5 greeting."""

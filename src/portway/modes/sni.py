@@ -24,7 +24,6 @@ import socket
 from portway.context import Context
 from portway.modes.tcp import TcpConnection
 from portway.net.listener import Listener
-from portway.net.sniff import Sniff
 from portway.net.tlsrelay import Endpoint, Handshake
 from portway.proto import NEED_DATA, NeedData, clienthello, httphead
 from portway.route.table import Decision, Refusal, Sniffed
@@ -97,23 +96,8 @@ class SniConnection(TcpConnection):
             if result is not NEED_DATA:
                 self._on_sniffed(result, bytearray(prefix))
                 return
-        session = self.session
-        left = max(0.0, self.spec.sniff_timeout - (self.ctx.loop.time() - session.start_mono))
-        sniff = Sniff(
-            self.ctx.poller,
-            self.ctx.wheel,
-            self.sock,
-            sniff_parse,
-            NEED_DATA,
-            what="TLS ClientHello or HTTP request head",
-            limit=SNIFF_LIMIT,
-            timeout=left,
-            on_result=self._on_sniffed,
-            on_error=self._on_sniff_error,
-            initial=prefix,
-        )
-        self.stage = sniff
-        sniff.start()
+        what = "TLS ClientHello or HTTP request head"
+        self._sniff(sniff_parse, what, SNIFF_LIMIT, prefix, self._on_sniffed, self._on_sniff_error)
 
     def _on_sniff_error(self, reason: Reason, detail: str) -> None:
         stage = self.stage

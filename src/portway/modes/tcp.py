@@ -23,6 +23,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+from collections.abc import Callable
+from typing import Any
 
 from portway.config.units import format_hostport
 from portway.context import Context
@@ -32,7 +34,7 @@ from portway.net.relay import Relay
 from portway.net.sniff import Sniff
 from portway.net.sockopt import peer_of, tune_dialed
 from portway.net.tlsrelay import Endpoint, Handshake, TlsRelay
-from portway.proto import proxyheader
+from portway.proto import NEED_DATA, proxyheader
 from portway.route.backend import Pool, Server
 from portway.route.destpolicy import DestPolicy
 from portway.runtime import Runtime
@@ -134,17 +136,39 @@ class TcpConnection:
                 f"{peer_ip} is not in proxy_protocol.trusted (a PROXY header is required)",
             )
             return
+        self._sniff(
+            proxyheader.parse,
+            "PROXY protocol header",
+            PROXY_HEADER_LIMIT,
+            b"",
+            self._on_proxy_header,
+            self._end,
+        )
+
+    def _sniff(
+        self,
+        parse: Callable[[bytearray], Any],
+        what: str,
+        limit: int,
+        initial: bytes,
+        on_result: Callable[[Any, bytearray], None],
+        on_error: Callable[[Reason, str], None],
+    ) -> None:
+        """Read until ``parse`` decides (see :class:`~portway.net.sniff.Sniff`), under what is
+        left of ``sniff_timeout`` since the accept: every read before routing shares it."""
+        left = max(0.0, self.spec.sniff_timeout - (self.ctx.loop.time() - self.session.start_mono))
         sniff = Sniff(
             self.ctx.poller,
             self.ctx.wheel,
             self.sock,
-            proxyheader.parse,
-            proxyheader.NEED_DATA,
-            what="PROXY protocol header",
-            limit=PROXY_HEADER_LIMIT,
-            timeout=spec.sniff_timeout,
-            on_result=self._on_proxy_header,
-            on_error=self._end,
+            parse,
+            NEED_DATA,
+            what=what,
+            limit=limit,
+            timeout=left,
+            on_result=on_result,
+            on_error=on_error,
+            initial=initial,
         )
         self.stage = sniff
         sniff.start()
