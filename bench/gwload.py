@@ -36,6 +36,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from typing import Any, cast
 
 REQUEST = b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
@@ -143,19 +144,24 @@ def percentile_ms(ordered: list[float], q: float) -> float | None:
     return 1000 * ordered[min(len(ordered) - 1, int(len(ordered) * q))]
 
 
-async def connect_load(
-    port: int, duration: float, concurrency: int, timeout: float, token: bytes | None
+async def closed_loop(
+    port: int,
+    duration: float,
+    concurrency: int,
+    timeout: float,
+    protocol: Callable[[asyncio.Future[str], Counter[str]], asyncio.Protocol],
 ) -> dict[str, Any]:
-    """Run the ``connect`` load; return its counts and latencies."""
+    """``concurrency`` clients, each opening connections one after the other for ``duration``
+    seconds; ``protocol(done, statuses)`` drives one connection and resolves ``done`` with
+    ``"ok"`` or the kind of failure. Returns the counts, latencies and CPU window."""
     loop = asyncio.get_running_loop()
-    token_line = token + b"\n" if token is not None else None
     latencies: list[float] = []
     errors: Counter[str] = Counter()
     statuses: Counter[str] = Counter()
     deadline = time.monotonic() + duration
 
     def on_exception(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
-        errors["generator"] += 1  # a bug in this file: counted, so that the run is not clean
+        errors["generator"] += 1  # a bug in the load generator: counted, so that the run is not clean
         loop.default_exception_handler(context)
 
     loop.set_exception_handler(on_exception)
@@ -169,7 +175,7 @@ async def connect_load(
                 async with asyncio.timeout(timeout):
                     try:
                         transport, _ = await loop.create_connection(
-                            lambda done=done: Attempt(token_line, done, statuses), "127.0.0.1", port
+                            lambda done=done: protocol(done, statuses), "127.0.0.1", port
                         )
                     except OSError:
                         outcome = "connect"
@@ -189,12 +195,24 @@ async def connect_load(
     result: dict[str, Any] = window.close()
     latencies.sort()
     result.update(
-        connections=len(latencies),
+        completed=len(latencies),
         p50_ms=percentile_ms(latencies, 0.50),
         p99_ms=percentile_ms(latencies, 0.99),
         errors=dict(errors),
         status_200=statuses["200"],
     )
+    return result
+
+
+async def connect_load(
+    port: int, duration: float, concurrency: int, timeout: float, token: bytes | None
+) -> dict[str, Any]:
+    """Run the ``connect`` load; return its counts and latencies."""
+    token_line = token + b"\n" if token is not None else None
+    result = await closed_loop(
+        port, duration, concurrency, timeout, lambda done, statuses: Attempt(token_line, done, statuses)
+    )
+    result["connections"] = result.pop("completed")
     return result
 
 

@@ -21,11 +21,10 @@ import asyncio
 import json
 import re
 import sys
-import time
 from collections import Counter
 from typing import Any, cast
 
-from gwload import REPLY_HEAD, REPLY_TAIL, REQUEST, Window, percentile_ms
+from gwload import REPLY_HEAD, REPLY_TAIL, REQUEST, closed_loop
 
 #: The proxy's answer to CONNECT: any HTTP/1.x status line with 200 (reasons vary by proxy).
 CONNECT_OK = re.compile(rb"HTTP/1\.[01] 200[ \r]")
@@ -99,54 +98,11 @@ async def tunnel_load(
     port: int, target: str, duration: float, concurrency: int, timeout: float
 ) -> dict[str, Any]:
     """Run the ``connect-tunnel`` load; return its counts and latencies."""
-    loop = asyncio.get_running_loop()
     connect = connect_request(target)
-    latencies: list[float] = []
-    errors: Counter[str] = Counter()
-    statuses: Counter[str] = Counter()
-    deadline = time.monotonic() + duration
-
-    def on_exception(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
-        errors["generator"] += 1  # a bug in this file: counted, so that the run is not clean
-        loop.default_exception_handler(context)
-
-    loop.set_exception_handler(on_exception)
-
-    async def client() -> None:
-        while time.monotonic() < deadline:
-            t0 = time.monotonic()
-            done: asyncio.Future[str] = loop.create_future()
-            transport: asyncio.BaseTransport | None = None
-            try:
-                async with asyncio.timeout(timeout):
-                    try:
-                        transport, _ = await loop.create_connection(
-                            lambda done=done: Tunnel(connect, done, statuses), "127.0.0.1", port
-                        )
-                    except OSError:
-                        outcome = "connect"
-                    else:
-                        outcome = await done
-            except TimeoutError:
-                outcome = "timeout"
-                if transport is not None:
-                    transport.abort()
-            if outcome == "ok":
-                latencies.append(time.monotonic() - t0)
-            else:
-                errors[outcome] += 1
-
-    window = Window()
-    await asyncio.gather(*(client() for _ in range(concurrency)))
-    result: dict[str, Any] = window.close()
-    latencies.sort()
-    result.update(
-        tunnels=len(latencies),
-        p50_ms=percentile_ms(latencies, 0.50),
-        p99_ms=percentile_ms(latencies, 0.99),
-        errors=dict(errors),
-        status_200=statuses["200"],
+    result = await closed_loop(
+        port, duration, concurrency, timeout, lambda done, statuses: Tunnel(connect, done, statuses)
     )
+    result["tunnels"] = result.pop("completed")
     return result
 
 
