@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import ssl
 import threading
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -35,20 +36,29 @@ class LoopThread:
 
 
 class Backend:
-    """A TCP server on 127.0.0.1 (port 0 unless given) running ``handler`` per connection."""
+    """A TCP server on 127.0.0.1 (port 0 unless given) running ``handler`` per connection;
+    with ``ssl_ctx`` it speaks TLS (the handler sees plaintext)."""
 
-    def __init__(self, lt: LoopThread, handler: Handler, port: int = 0, host: str = "127.0.0.1") -> None:
+    def __init__(
+        self,
+        lt: LoopThread,
+        handler: Handler,
+        port: int = 0,
+        host: str = "127.0.0.1",
+        ssl_ctx: ssl.SSLContext | None = None,
+    ) -> None:
         self.lt = lt
         self.handler = handler
         self.accepted = 0
         self.active = 0
         self.lock = threading.Lock()
         self.records: dict[bytes, dict[str, Any]] = {}
+        self.ssl_ctx = ssl_ctx
         self.server: asyncio.base_events.Server = lt.run(self._start(host, port))
         self.port: int = self.server.sockets[0].getsockname()[1]
 
     async def _start(self, host: str, port: int) -> asyncio.base_events.Server:
-        return await asyncio.start_server(self._wrap, host, port, reuse_address=True)
+        return await asyncio.start_server(self._wrap, host, port, reuse_address=True, ssl=self.ssl_ctx)
 
     async def _wrap(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with self.lock:

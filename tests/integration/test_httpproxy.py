@@ -52,16 +52,7 @@ def _origin(lt: LoopThread, seen: list[bytes], ssl_ctx: ssl.SSLContext | None = 
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(payload) + payload)
         await writer.drain()
 
-    backend = Backend(lt, handler)
-    if ssl_ctx is None:
-        return backend
-    backend.server.close()
-
-    async def start() -> asyncio.base_events.Server:
-        return await asyncio.start_server(backend._wrap, "127.0.0.1", backend.port, ssl=ssl_ctx)
-
-    backend.server = lt.run(start())
-    return backend
+    return Backend(lt, handler, ssl_ctx=ssl_ctx)
 
 
 CONFIG = """

@@ -37,15 +37,7 @@ def _https_backend(lt: LoopThread, ca: trustme.CA, names: list[str], label: byte
         )
         await writer.drain()
 
-    backend = Backend.__new__(Backend)
-    Backend.__init__(backend, lt, handler)
-    backend.server.close()  # replaced below by a TLS server on the same port
-
-    async def start() -> asyncio.base_events.Server:
-        return await asyncio.start_server(backend._wrap, "127.0.0.1", backend.port, ssl=ctx)
-
-    backend.server = lt.run(start())
-    return backend
+    return Backend(lt, handler, ssl_ctx=ctx)
 
 
 def _http_backend(lt: LoopThread, label: bytes) -> Backend:

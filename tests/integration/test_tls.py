@@ -59,16 +59,7 @@ def _http_backend(lt: LoopThread, label: bytes, ssl_ctx: ssl.SSLContext | None =
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await _http_answer(reader, writer, label)
 
-    backend = Backend(lt, handler)
-    if ssl_ctx is None:
-        return backend
-    backend.server.close()
-
-    async def start() -> asyncio.base_events.Server:
-        return await asyncio.start_server(backend._wrap, "127.0.0.1", backend.port, ssl=ssl_ctx)
-
-    backend.server = lt.run(start())
-    return backend
+    return Backend(lt, handler, ssl_ctx=ssl_ctx)
 
 
 def _echo_hash_backend(lt: LoopThread, ssl_ctx: ssl.SSLContext | None = None) -> Backend:
@@ -85,16 +76,7 @@ def _echo_hash_backend(lt: LoopThread, ssl_ctx: ssl.SSLContext | None = None) ->
         if writer.can_write_eof():
             writer.write_eof()
 
-    backend = Backend(lt, handler)
-    if ssl_ctx is None:
-        return backend
-    backend.server.close()
-
-    async def start() -> asyncio.base_events.Server:
-        return await asyncio.start_server(backend._wrap, "127.0.0.1", backend.port, ssl=ssl_ctx)
-
-    backend.server = lt.run(start())
-    return backend
+    return Backend(lt, handler, ssl_ctx=ssl_ctx)
 
 
 # -- fixtures ---------------------------------------------------------------------------------
