@@ -163,9 +163,10 @@ def _run(config: Config, args: argparse.Namespace) -> int:
     log.info("portway %s starting (pid %d) with %s", __version__, os.getpid(), config.source)
     if args.config is None:
         log.info(
-            "no -c given: running the built-in default: the admin endpoint plus a demo tcp "
-            "listener on 127.0.0.1:7070 that forwards to it (try: curl http://127.0.0.1:7070/stats). "
-            "See README.md for the tcp, sni, tls and gateway modes and how to configure yours."
+            "no -c given: running the built-in default: a forward proxy on 127.0.0.1:8080 (try: "
+            "curl -x 127.0.0.1:8080 https://example.com/), the admin endpoint, and a demo tcp listener "
+            "on 127.0.0.1:7070 that forwards to it (try: curl http://127.0.0.1:7070/stats). See README.md "
+            "for the tcp, sni, tls, gateway and http-proxy modes and how to configure yours."
         )
     for listener in config.listeners:
         binds = ", ".join(str(b) for b in listener.bind)
