@@ -37,8 +37,19 @@ def _origin(lt: LoopThread, seen: list[bytes], ssl_ctx: ssl.SSLContext | None = 
             k.strip().lower(): v.strip()
             for k, _, v in (line.partition(":") for line in head.decode("latin-1").split("\r\n")[1:] if line)
         }
+        if fields.get("expect", "").lower() == "100-continue":
+            writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # an interim answer the proxy must pass
+            await writer.drain()
         body = await reader.readexactly(int(fields.get("content-length", "0")))
-        target = head.split(b" ", 2)[1]
+        method, target = head.split(b" ", 2)[:2]
+        if target in (b"/204", b"/304"):
+            writer.write(b'HTTP/1.1 %s Nothing\r\nETag: "x"\r\n\r\n' % target[1:])
+            await writer.drain()
+            return
+        if method == b"HEAD":
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(PAYLOAD))
+            await writer.drain()
+            return
         if target == b"/ws" and fields.get("upgrade", "").lower() == "websocket":
             writer.write(
                 b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
@@ -166,6 +177,36 @@ def test_request_is_rewritten_for_the_origin(proxy: Any) -> None:
     assert "x-kept: yes" in head and "via: 1.1 portway" in head and "connection: close" in head
     assert "proxy-connection" not in head and "x-drop" not in head  # hop-by-hop, and what Connection named
     assert r.stdout.decode() == hashlib.sha256(seen[-1] + b"body bytes").hexdigest()  # body intact
+
+
+def test_expect_continue_head_and_bodiless_answers(proxy: Any, tmp_path: Path) -> None:
+    port, http = proxy["port"], proxy["http"]
+    body = tmp_path / "body.bin"
+    body.write_bytes(os.urandom(2 << 20))
+    r = _curl(
+        "-x",
+        f"http://127.0.0.1:{port}",
+        "-H",
+        "Expect: 100-continue",
+        "--data-binary",
+        f"@{body}",
+        f"http://127.0.0.1:{http.port}/upload",
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.decode() == hashlib.sha256(proxy["seen"][-1] + body.read_bytes()).hexdigest()
+    r = _curl("-x", f"http://127.0.0.1:{port}", "-I", f"http://127.0.0.1:{http.port}/big")
+    assert r.returncode == 0 and b"content-length: %d" % len(PAYLOAD) in r.stdout.lower()
+    for status in (204, 304):
+        r = _curl(
+            "-x",
+            f"http://127.0.0.1:{port}",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            f"http://127.0.0.1:{http.port}/{status}",
+        )
+        assert r.returncode == 0 and r.stdout == str(status).encode(), r.stderr
 
 
 def test_python_clients_and_wget(proxy: Any, tmp_path: Path) -> None:
