@@ -90,17 +90,24 @@ class Window:
 # ------------------------------------------------------------------------------------ connect
 
 
-class Attempt(asyncio.Protocol):
-    """One connection of ``connect``: [handshake], request, reply to EOF; ``done`` gets the outcome
-    (``"ok"``, or the error kind) and ``statuses`` counts the ``200`` replies."""
+class Exchange(asyncio.Protocol):
+    """One connection of a closed-loop load: ``opening`` (a handshake to answer first, or the
+    request itself), then :data:`REQUEST`, then the origin's reply to EOF. ``done`` gets the
+    outcome (``"ok"`` or the error kind); ``statuses`` counts the handshakes answered ``200``.
+    Subclasses say in :meth:`handshake` when and how the proxy's answer is complete."""
 
-    def __init__(self, token_line: bytes | None, done: asyncio.Future[str], statuses: Counter[str]) -> None:
-        self.token_line = token_line
+    def __init__(self, opening: bytes | None, done: asyncio.Future[str], statuses: Counter[str]) -> None:
+        self.opening = opening
         self.done = done
         self.statuses = statuses
         self.buf = bytearray()
         self.transport: asyncio.Transport | None = None
-        self.in_handshake = token_line is not None
+        self.in_handshake = opening is not None
+
+    def handshake(self) -> str | None:
+        """Look at ``buf`` during the handshake: None for "need more", "" when it is complete
+        (and removed from ``buf``), else the failure kind."""
+        raise NotImplementedError
 
     def finish(self, outcome: str) -> None:
         if not self.done.done():
@@ -110,19 +117,25 @@ class Attempt(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's does not subclass it
-        self.transport.write(self.token_line if self.token_line is not None else REQUEST)
+        self.transport.write(self.opening if self.opening is not None else REQUEST)
 
     def data_received(self, data: bytes) -> None:
         self.buf += data
-        if self.in_handshake and len(self.buf) >= len(OK_STATUS):
-            if self.buf[: len(OK_STATUS)] != OK_STATUS:
-                self.finish("status")
-                return
-            self.statuses["200"] += 1
-            self.in_handshake = False
-            del self.buf[: len(OK_STATUS)]
-            assert self.transport is not None
-            self.transport.write(REQUEST)
+        if not self.in_handshake:
+            return
+        outcome = self.handshake()
+        if outcome is None:
+            return
+        if outcome:
+            self.finish(outcome)
+            return
+        self.statuses["200"] += 1
+        self.in_handshake = False
+        if self.buf:  # the origin cannot have spoken yet: it has had no request
+            self.finish("reply")
+            return
+        assert self.transport is not None
+        self.transport.write(REQUEST)
 
     def eof_received(self) -> bool:
         if self.in_handshake:
@@ -135,6 +148,19 @@ class Attempt(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.finish("status" if self.in_handshake else "reply")
+
+
+class Attempt(Exchange):
+    """One connection of ``connect``: [the token line, then exactly ``200``], the request, the
+    reply to EOF."""
+
+    def handshake(self) -> str | None:
+        if len(self.buf) < len(OK_STATUS):
+            return None
+        if self.buf[: len(OK_STATUS)] != OK_STATUS:
+            return "status"
+        del self.buf[: len(OK_STATUS)]
+        return ""
 
 
 def percentile_ms(ordered: list[float], q: float) -> float | None:

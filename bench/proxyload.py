@@ -21,10 +21,9 @@ import asyncio
 import json
 import re
 import sys
-from collections import Counter
-from typing import Any, cast
+from typing import Any
 
-from gwload import REPLY_HEAD, REPLY_TAIL, REQUEST, closed_loop
+from gwload import Exchange, closed_loop
 
 #: The proxy's answer to CONNECT: any HTTP/1.x status line with 200 (reasons vary by proxy).
 CONNECT_OK = re.compile(rb"HTTP/1\.[01] 200[ \r]")
@@ -38,60 +37,17 @@ def connect_request(target: str) -> bytes:
     return f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode("ascii")
 
 
-class Tunnel(asyncio.Protocol):
-    """One tunnel: CONNECT, the proxy's ``200`` head, the request, the reply to EOF; ``done`` gets
-    the outcome (``"ok"`` or the error kind)."""
+class Tunnel(Exchange):
+    """One tunnel: CONNECT, the proxy's ``200`` head, the request, the reply to EOF."""
 
-    def __init__(self, connect: bytes, done: asyncio.Future[str], statuses: Counter[str]) -> None:
-        self.connect = connect
-        self.done = done
-        self.statuses = statuses
-        self.buf = bytearray()
-        self.transport: asyncio.Transport | None = None
-        self.in_head = True
-
-    def finish(self, outcome: str) -> None:
-        if not self.done.done():
-            self.done.set_result(outcome)
-        if self.transport is not None:
-            self.transport.close()
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)  # uvloop's does not subclass it
-        self.transport.write(self.connect)
-
-    def data_received(self, data: bytes) -> None:
-        self.buf += data
-        if not self.in_head:
-            return
+    def handshake(self) -> str | None:
         end = self.buf.find(HEAD_END)
         if end < 0:
-            if len(self.buf) > MAX_HEAD:
-                self.finish("status")
-            return
+            return "status" if len(self.buf) > MAX_HEAD else None
         if not CONNECT_OK.match(self.buf):
-            self.finish("status")
-            return
-        self.statuses["200"] += 1
-        self.in_head = False
+            return "status"
         del self.buf[: end + len(HEAD_END)]
-        if self.buf:  # the origin cannot have spoken yet: it has had no request
-            self.finish("reply")
-            return
-        assert self.transport is not None
-        self.transport.write(REQUEST)
-
-    def eof_received(self) -> bool:
-        if self.in_head:
-            self.finish("status")
-        elif self.buf.startswith(REPLY_HEAD) and self.buf.endswith(REPLY_TAIL):
-            self.finish("ok")
-        else:
-            self.finish("reply")
-        return False
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.finish("status" if self.in_head else "reply")
+        return ""
 
 
 async def tunnel_load(
