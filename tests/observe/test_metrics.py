@@ -9,8 +9,10 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from portway.observe.httplog import HttpRecord
 from portway.observe.metrics import (
     CONNECT_BUCKETS,
+    HTTP_BUCKETS,
     SNIFF_BUCKETS,
     SupervisorInfo,
     WorkerStats,
@@ -369,3 +371,93 @@ def test_stats_json_carries_reason_codes_and_tls_handshakes() -> None:
     assert doc["reason_codes"]["tls_handshake_failed"] == "CR"
     text = render_prometheus(merged, SupervisorInfo(started=time.time())).decode()
     assert 'portway_tls_handshakes_total{alpn="-",listener="edge",version="TLSv1.2"} 2.0' in text
+
+
+def http_record(
+    listener: str = "proxy", method: str = "GET", status: int | None = 200, total_s: float | None = 0.003
+) -> HttpRecord:
+    rec = HttpRecord(session(listener), method, "http://example.com/", "1.1", start_mono=0.0)
+    rec.status = status
+    if total_s is not None:
+        rec.finish(total_s)
+    return rec
+
+
+def test_http_requests_are_counted_by_method_and_status_class() -> None:
+    stats = WorkerStats(pid=1)
+    for method, status in (
+        ("GET", 200),
+        ("GET", 204),
+        ("HEAD", 304),
+        ("POST", 502),
+        ("CONNECT", 200),
+        ("get", 200),  # methods are case-sensitive: not GET
+        ("BREW", 418),
+        ("OPTIONS", 101),
+        ("PATCH", None),  # no response sent
+        ("PUT", 999),  # not a status class
+    ):
+        stats.http_request(http_record(method=method, status=status))
+    stats.http_request(http_record(listener="other", method="DELETE", status=404, total_s=None))
+    snap = stats.snapshot()
+    assert snap["http_requests"] == {
+        "proxy": {
+            "GET 2xx": 2,
+            "HEAD 3xx": 1,
+            "POST 5xx": 1,
+            "CONNECT 2xx": 1,
+            "other 2xx": 1,
+            "other 4xx": 1,
+            "OPTIONS 1xx": 1,
+            "PATCH none": 1,
+            "PUT none": 1,
+        },
+        "other": {"DELETE 4xx": 1},
+    }
+    h = snap["histograms"]["http_request_seconds"]["proxy"]
+    assert (h["count"], h["bounds"]) == (10, list(HTTP_BUCKETS))
+    assert h["sum"] == pytest.approx(0.03)
+    assert h["buckets"][HTTP_BUCKETS.index(0.005)] == 10
+    assert "other" not in snap["histograms"]["http_request_seconds"]  # no duration, no histogram
+    assert "db" not in new_stats().snapshot()["http_requests"]  # listeners without requests stay out
+
+
+def test_http_requests_merge_across_workers() -> None:
+    a, b = new_stats(1), new_stats(2)
+    for _ in range(2):
+        a.http_request(http_record())
+    b.http_request(http_record(total_s=2.0))
+    b.http_request(http_record(method="POST", status=503))
+    sa, sb = a.snapshot(), b.snapshot()
+    m = merge([sa, sb])
+    assert m["http_requests"] == {"proxy": {"GET 2xx": 3, "POST 5xx": 1}}
+    h = m["histograms"]["http_request_seconds"]["proxy"]
+    assert h["count"] == 4
+    assert h["sum"] == pytest.approx(3 * 0.003 + 2.0)
+    assert h["buckets"][HTTP_BUCKETS.index(2.5)] == 1
+    assert merge([sa])["http_requests"] == {"proxy": {"GET 2xx": 2}}
+    assert merge([])["http_requests"] == {} and merge([])["histograms"]["http_request_seconds"] == {}
+    doc = json.loads(render_json(m, info()))
+    assert doc["http_requests"]["proxy"]["GET 2xx"] == 3
+
+
+def test_http_requests_in_prometheus_text() -> None:
+    a, b = new_stats(1), new_stats(2)
+    a.http_request(http_record())
+    a.http_request(http_record(method="BREW", status=None, total_s=0.02))
+    b.http_request(http_record(total_s=45.0))
+    text = render_prometheus(merge([a.snapshot(), b.snapshot()]), info()).decode()
+    v = samples(text)
+    assert v[("portway_http_requests_total", lbl(listener="proxy", method="GET", code="2xx"))] == 2
+    assert v[("portway_http_requests_total", lbl(listener="proxy", method="other", code="none"))] == 1
+    dur = "portway_http_request_duration_seconds"
+    assert v[(dur + "_bucket", lbl(listener="proxy", le="0.005"))] == 1
+    assert v[(dur + "_bucket", lbl(listener="proxy", le="0.025"))] == 2
+    assert v[(dur + "_bucket", lbl(listener="proxy", le="30.0"))] == 2
+    assert v[(dur + "_bucket", lbl(listener="proxy", le="60.0"))] == 3
+    assert v[(dur + "_count", lbl(listener="proxy"))] == 3
+    assert v[(dur + "_sum", lbl(listener="proxy"))] == pytest.approx(45.023)
+    types = {f.name: f.type for f in text_string_to_metric_families(text)}
+    assert types["portway_http_requests"] == "counter"
+    assert types[dur] == "histogram"
+    assert (dur + "_count", lbl(listener="db")) not in v  # only listeners that served requests

@@ -335,6 +335,9 @@ tr.be td{font-weight:600;background:#f6f6f6}tr.srv td:first-child{padding-left:2
 <h2>TLS handshakes (terminated here)</h2>
 <table><thead><tr><th>listener</th><th>version</th><th>ALPN</th><th>count</th></tr></thead>
 <tbody id="tls"></tbody></table>
+<h2>HTTP requests (http-proxy)</h2>
+<table><thead><tr><th>listener</th><th>method</th><th>status</th><th>count</th></tr></thead>
+<tbody id="http"></tbody></table>
 <h2>Workers</h2>
 <table><thead><tr><th>pid</th><th>active</th><th>total</th><th>bytes in</th><th>bytes out</th>
 </tr></thead><tbody id="workers"></tbody></table>
@@ -410,6 +413,14 @@ function render(s) {
     }
   }
   fill("tls", shakes.length ? shakes : [row(["(none)", "", "", ""])]);
+  const reqs = [];
+  for (const [name, counts] of Object.entries(s.http_requests || {}).sort()) {
+    for (const [key, n] of Object.entries(counts).sort((a, b) => b[1] - a[1])) {
+      const [method, code] = key.split(" ");
+      reqs.push(row([name, {text: method, cls: "l"}, {text: code, cls: "l"}, n]));
+    }
+  }
+  fill("http", reqs.length ? reqs : [row(["(none)", "", "", ""])]);
   fill("workers", (s.workers || []).map(w => row([w.pid, w.active, w.connections_total,
                                                   bytes(w.bytes_in), bytes(w.bytes_out)])));
   const st = document.getElementById("status");

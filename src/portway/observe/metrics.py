@@ -52,9 +52,14 @@ Snapshot schema (one worker, from :meth:`WorkerStats.snapshot`)::
                                           # e.g. "TLSv1.3 h2"; "-" for no ALPN
       "gateway_tokens": {<listener>: {"v1"|"v2": int}},   # tokens a gateway accepted
       "gateway_replies": {<listener>: {"200"|"400"|...: int}},  # a gateway's answers
+      "http_requests": {<listener>: {"<method> <class>": int}},  # http-proxy requests, e.g.
+                                          # "GET 2xx"; method is one of HTTP_METHODS or
+                                          # "other", class "1xx".."5xx" or "none" (no status)
       "histograms": {
         "sniff_seconds": {<listener>: HIST},                  # time to decide a route
         "connect_seconds": {<backend>: HIST},                 # time to connect to a server
+        "http_request_seconds": {<listener>: HIST},           # http-proxy request durations,
+                                          # only for listeners that served a request
       },
     }
 
@@ -73,7 +78,8 @@ keeps the counters monotonic only if ``live`` is exactly the set of sessions tha
 opened and not yet closed.
 
 The merged document (from :func:`merge`) has the same ``listeners``, ``backends``,
-``terminations``, ``tls_handshakes`` and ``histograms`` keys with every count summed across workers, and:
+``terminations``, ``tls_handshakes``, ``gateway_tokens``, ``gateway_replies``,
+``http_requests`` and ``histograms`` keys with every count summed across workers, and:
 
 - ``"time"``: the newest worker snapshot time;
 - ``"workers"``: one summary per snapshot, in input order:
@@ -95,7 +101,7 @@ import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (
@@ -110,8 +116,13 @@ from portway import __version__
 from portway.session import Session
 from portway.termination import Reason
 
+if TYPE_CHECKING:
+    from portway.observe.httplog import HttpRecord
+
 __all__ = [
     "CONNECT_BUCKETS",
+    "HTTP_BUCKETS",
+    "HTTP_METHODS",
     "SNIFF_BUCKETS",
     "SupervisorInfo",
     "WorkerStats",
@@ -154,6 +165,34 @@ CONNECT_BUCKETS: tuple[float, ...] = (
     10.0,
 )
 """Upper bounds (seconds) of the connect-duration histogram: dial start to connected."""
+
+HTTP_BUCKETS: tuple[float, ...] = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+)
+"""Upper bounds (seconds) of the http-proxy request-duration histogram: request head read
+to response complete (long downloads land in the last buckets)."""
+
+HTTP_METHODS: tuple[str, ...] = ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "CONNECT")
+"""Methods counted under their own name; any other method is counted as ``"other"`` (a
+client chooses the method, so the label set must stay bounded)."""
+
+_METHOD_LABEL: dict[str, str] = {m: m for m in HTTP_METHODS}
+_STATUS_CLASS: tuple[str, ...] = ("none", "1xx", "2xx", "3xx", "4xx", "5xx")
+"""Indexed by ``status // 100``; index 0 (and anything outside 100-599) is ``"none"``."""
 
 _go_float: Callable[[float], str] = floatToGoString
 """Formats a bucket bound the way prometheus_client's own histograms do."""
@@ -204,6 +243,8 @@ class _ListenerStats:
         "ends",
         "gw_replies",
         "gw_tokens",
+        "http",
+        "http_seconds",
         "max_connections",
         "sniff",
         "tls",
@@ -222,6 +263,10 @@ class _ListenerStats:
         self.tls: dict[str, int] = {}
         self.gw_tokens: dict[str, int] = {}
         self.gw_replies: dict[str, int] = {}
+        #: http-proxy requests by (method label, status class).
+        self.http: dict[tuple[str, str], int] = {}
+        #: http-proxy request durations; made at the first request (most listeners have none).
+        self.http_seconds: _Histogram | None = None
         self.sniff = _Histogram(SNIFF_BUCKETS)
 
 
@@ -451,6 +496,26 @@ class WorkerStats:
         replies = self._listener(listener).gw_replies
         replies[code] = replies.get(code, 0) + 1
 
+    def http_request(self, rec: HttpRecord) -> None:
+        """The http-proxy mode has finished one request: count it by listener, method and
+        status class, and observe its duration (``rec.total_s``) if it has one.
+
+        Called once per request, so it stays at a few dict operations.
+        """
+        name = rec.session.listener
+        ls = self._listeners.get(name) or self._listener(name)
+        status = rec.status
+        code = _STATUS_CLASS[status // 100] if status is not None and 100 <= status < 600 else "none"
+        key = (_METHOD_LABEL.get(rec.method, "other"), code)
+        http = ls.http
+        http[key] = http.get(key, 0) + 1
+        seconds = rec.total_s
+        if seconds is not None:
+            hist = ls.http_seconds
+            if hist is None:
+                hist = ls.http_seconds = _Histogram(HTTP_BUCKETS)
+            hist.observe(seconds)
+
     def connected(self, backend: str, seconds: float) -> None:
         """Observe how long connecting to a server of ``backend`` took."""
         self._backend(backend).connect.observe(seconds)
@@ -489,7 +554,9 @@ class WorkerStats:
         handshakes: dict[str, dict[str, int]] = {}
         tokens: dict[str, dict[str, int]] = {}
         replies: dict[str, dict[str, int]] = {}
+        requests: dict[str, dict[str, int]] = {}
         sniff: dict[str, Any] = {}
+        http_seconds: dict[str, Any] = {}
         for name, ls in self._listeners.items():
             if not ls.declared and ls.active <= 0:
                 continue
@@ -509,6 +576,10 @@ class WorkerStats:
                 tokens[name] = dict(ls.gw_tokens)
             if ls.gw_replies:
                 replies[name] = dict(ls.gw_replies)
+            if ls.http:
+                requests[name] = {f"{method} {code}": n for (method, code), n in ls.http.items()}
+            if ls.http_seconds is not None:
+                http_seconds[name] = ls.http_seconds.snapshot()
             sniff[name] = ls.sniff.snapshot()
 
         backends: dict[str, Any] = {}
@@ -548,7 +619,12 @@ class WorkerStats:
             "tls_handshakes": handshakes,
             "gateway_tokens": tokens,
             "gateway_replies": replies,
-            "histograms": {"sniff_seconds": sniff, "connect_seconds": connect},
+            "http_requests": requests,
+            "histograms": {
+                "sniff_seconds": sniff,
+                "connect_seconds": connect,
+                "http_request_seconds": http_seconds,
+            },
         }
 
 
@@ -594,7 +670,12 @@ def merge(snapshots: Sequence[dict[str, Any]]) -> dict[str, Any]:
     handshakes: dict[str, dict[str, int]] = {}
     tokens: dict[str, dict[str, int]] = {}
     replies: dict[str, dict[str, int]] = {}
-    hists: dict[str, dict[str, dict[str, Any]]] = {"sniff_seconds": {}, "connect_seconds": {}}
+    requests: dict[str, dict[str, int]] = {}
+    hists: dict[str, dict[str, dict[str, Any]]] = {
+        "sniff_seconds": {},
+        "connect_seconds": {},
+        "http_request_seconds": {},
+    }
     workers: list[dict[str, Any]] = []
 
     for snap in snapshots:
@@ -653,6 +734,7 @@ def merge(snapshots: Sequence[dict[str, Any]]) -> dict[str, Any]:
             (snap.get("tls_handshakes", {}), handshakes),
             (snap.get("gateway_tokens", {}), tokens),
             (snap.get("gateway_replies", {}), replies),
+            (snap.get("http_requests", {}), requests),
         ):
             for lname, ends in counts.items():
                 tinto = into_all.setdefault(lname, {})
@@ -674,6 +756,7 @@ def merge(snapshots: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "tls_handshakes": handshakes,
         "gateway_tokens": tokens,
         "gateway_replies": replies,
+        "http_requests": requests,
         "histograms": hists,
     }
 
@@ -846,6 +929,18 @@ class _MergedCollector:
                 gw_replies.add_metric([lname, code], n)
         yield from (gw_tokens, gw_replies)
 
+        http = CounterMetricFamily(
+            "portway_http_requests",
+            "HTTP requests handled by the http-proxy mode, by listener, method and status class"
+            " (code: 1xx..5xx, or none when no response was sent).",
+            labels=["listener", "method", "code"],
+        )
+        for lname, counts in sorted(m.get("http_requests", {}).items()):
+            for key, n in sorted(counts.items()):
+                method, _, code = key.partition(" ")
+                http.add_metric([lname, method, code], n)
+        yield http
+
         hists: dict[str, dict[str, dict[str, Any]]] = m.get("histograms", {})
         sniff = HistogramMetricFamily(
             "portway_sniff_duration_seconds",
@@ -861,7 +956,14 @@ class _MergedCollector:
         )
         for name, h in sorted(hists.get("connect_seconds", {}).items()):
             connect.add_metric([name], _hist_buckets(h), h["sum"])
-        yield from (sniff, connect)
+        http_seconds = HistogramMetricFamily(
+            "portway_http_request_duration_seconds",
+            "Time from an http-proxy request's head to its response complete.",
+            labels=["listener"],
+        )
+        for name, h in sorted(hists.get("http_request_seconds", {}).items()):
+            http_seconds.add_metric([name], _hist_buckets(h), h["sum"])
+        yield from (sniff, connect, http_seconds)
 
         yield GaugeMetricFamily("portway_workers", "Worker processes running.", value=len(info.workers))
         yield CounterMetricFamily(
