@@ -4,7 +4,9 @@ A :class:`Runtime` is built from a :class:`~portway.config.model.Config` on star
 reload. Connections accepted under it keep using it until they end, so a reload never touches
 live connections; the worker only points *new* connections at the new runtime. Server health
 is carried from the previous runtime for servers that are still configured the same way, so a
-server that was down stays down across a reload.
+server that was down stays down across a reload. So is an interception CA whose certificate is
+unchanged (with its cache of minted leaves), and with it the hosts remembered as refusing its
+certificates.
 """
 
 from __future__ import annotations
@@ -17,12 +19,13 @@ import ssl
 from collections.abc import Callable
 
 from portway.config.keys import GatewayKeys, load_gateway_keys
-from portway.config.model import BackendSpec, Config, HealthCheck, ListenerSpec, RouteSpec
-from portway.net import tlsctx
+from portway.config.model import BackendSpec, Config, HealthCheck, InterceptSpec, ListenerSpec, RouteSpec
+from portway.net import mitmca, tlsctx
 from portway.proto import gateway
 from portway.route.auth import Credentials
 from portway.route.backend import Pool, Server, ServerHealth
 from portway.route.destpolicy import DestPolicy
+from portway.route.intercept import Interception
 from portway.route.match import NameMatcher, Networks
 from portway.route.table import Route, RouteTable
 
@@ -88,12 +91,22 @@ class Runtime:
         self.policies: dict[tuple[str, str], DestPolicy] = {}
         #: Users of each http-proxy listener with a users_file, by listener name.
         self.users: dict[str, Credentials] = {}
+        #: TLS interception of each http-proxy listener whose ``intercept`` is non-empty, by
+        #: listener name; a listener that is absent intercepts nothing. Listeners naming the same
+        #: CA directory share one CA object (and its leaf cache).
+        self.intercepts: dict[str, Interception] = {}
+        cas: dict[str, mitmca.CertificateAuthority] = {}
+        origins: dict[str | None, ssl.SSLContext] = {}
         for listener in config.listeners:
             proxy = listener.http_proxy
             if proxy is not None:
                 self.policies[(listener.name, "")] = DestPolicy.parse(proxy.allow, deny=proxy.deny)
                 if proxy.users_file is not None:
                     self.users[listener.name] = Credentials.load(proxy.users_file)
+                if proxy.intercept is not None:
+                    self.intercepts[listener.name] = _interception(
+                        listener.name, proxy.intercept, previous, cas, origins
+                    )
         for listener in config.listeners:
             if listener.routes:
                 self.tables[listener.name] = RouteTable(
@@ -178,6 +191,58 @@ def _cert_store(listener: ListenerSpec) -> tlsctx.CertStore:
     store = tlsctx.CertStore(certs)
     store.prepare({route.offer_alpn for route in listener.routes if route.action == "terminate"})
     return store
+
+
+def _interception(
+    name: str,
+    spec: InterceptSpec,
+    previous: Runtime | None,
+    cas: dict[str, mitmca.CertificateAuthority],
+    origins: dict[str | None, ssl.SSLContext],
+) -> Interception:
+    """The interception of listener ``name``: its CA (from ``cas``, else the previous generation's
+    if its certificate is unchanged, else read from the directory), its origin context (shared
+    through ``origins``), and the previous generation's pinned hosts when the CA is the same."""
+    ca = cas.get(spec.ca)
+    if ca is None:
+        ca = _previous_ca(spec.ca, previous) or mitmca.CertificateAuthority.load(spec.ca)
+        cas[spec.ca] = ca
+    origin = origins.get(spec.origin_ca)
+    if origin is None:
+        origin = origins[spec.origin_ca] = _origin_context(spec.origin_ca)
+    interception = Interception(
+        spec.patterns, ca, origin, har=spec.har, pinning=spec.pinning, pinning_ttl=spec.pinning_ttl
+    )
+    old = previous.intercepts.get(name) if previous is not None else None
+    if old is not None and old.ca is ca:
+        interception.inherit(old)
+    return interception
+
+
+def _previous_ca(directory: str, previous: Runtime | None) -> mitmca.CertificateAuthority | None:
+    """The previous generation's CA for ``directory`` if ``ca.pem`` there is still its certificate
+    (the loader has just checked that the directory's CA loads, key included)."""
+    if previous is None:
+        return None
+    for old in previous.intercepts.values():
+        if old.ca.directory == os.path.abspath(directory):
+            try:
+                current = mitmca.read_certificate(directory)
+            except mitmca.CAError:
+                return None
+            return old.ca if current == old.ca.certificate else None
+    return None
+
+
+def _origin_context(extra_ca: str | None) -> ssl.SSLContext:
+    """The client context for TLS to an intercepted tunnel's origin: the system's trust store plus
+    the CAs in ``extra_ca`` (a PEM file, already checked by the loader), chain and name verified,
+    TLS 1.2+, ALPN ``http/1.1`` (the HTTP spoken inside)."""
+    context = tlsctx.client_context(None, verify=True)
+    if extra_ca is not None:
+        context.load_verify_locations(cafile=extra_ca)
+    context.set_alpn_protocols(["http/1.1"])
+    return context
 
 
 async def _tcp_check(loop: asyncio.AbstractEventLoop, server: Server, timeout: float) -> str:

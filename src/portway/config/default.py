@@ -77,6 +77,16 @@ connect_ports = [443]          # where CONNECT may go, as squid
 # inside them is listed; the check is on the IP actually dialled, after DNS.
 allow = ["0.0.0.0/0", "::/0", "127.0.0.1:9090"]
 # deny = ["*.ads.example", "198.51.100.0/24"]
+# TLS interception (off while intercept is empty or absent): CONNECT tunnels to these
+# destinations are decrypted with certificates made on the fly by the CA of
+# `portway ca init`, which the clients must trust (`portway ca show > portway-ca.crt`).
+# intercept = ["example.com", "*.example.org"]   # exact name, *.suffix, "*" (all) or an IP
+# intercept_ca = "~/.portway/ca"         # the CA directory (this is the default)
+# intercept_origin_ca = "origin-ca.pem"  # CAs trusted for origins besides the system's
+# har = "intercepted.har"                # record the intercepted requests (HAR 1.2)
+# pinning = "log"                        # a client refusing the certificate is logged;
+#                                        # "passthrough" also tunnels that host untouched
+# pinning_ttl = "1h"                     # ... for this long (with "passthrough")
 
 # mode "tcp": forward every connection, byte for byte, to one backend.
 [[listener]]

@@ -31,6 +31,7 @@ import contextlib
 import copy
 import os
 import re
+import shlex
 import tomllib
 import types
 import typing
@@ -79,7 +80,7 @@ from portway.config.model import (
 )
 from portway.config.units import format_hostport
 from portway.errors import ConfigError, ConfigIssue
-from portway.net import tlsctx
+from portway.net import mitmca, tlsctx
 from portway.route.auth import Credentials
 
 __all__ = ["load_dict", "load_file", "load_text"]
@@ -243,6 +244,7 @@ class _Loader:
         self._check_tls_files(listeners, backends)
         self._check_gateway_keys(listeners)
         self._check_users_files(listeners)
+        self._check_interception(listeners)
 
         if self.issues or document is None:
             ordered = sorted(self.issues, key=lambda pair: pair[0])
@@ -408,6 +410,30 @@ class _Loader:
             except (OSError, ValueError) as exc:
                 self.report(("listener", index, "users_file"), str(exc))
 
+    def _check_interception(self, listeners: list[tuple[int, ListenerDoc]]) -> None:
+        """Load the CA, the origin CA file and check the HAR file's directory of every forward
+        proxy that intercepts, as the workers will; a CA named twice is read once."""
+        cas: dict[str, str | None] = {}
+        for index, doc in listeners:
+            proxy = doc.http_proxy_spec(self._path, DefaultsDoc())
+            spec = proxy.intercept if proxy is not None else None
+            if spec is None:
+                continue
+            if spec.ca not in cas:
+                cas[spec.ca] = _ca_problem(spec.ca)
+            problem = cas[spec.ca]
+            if problem is not None:
+                self.report(("listener", index, "intercept_ca"), problem)
+            if spec.origin_ca is not None:
+                try:
+                    tlsctx.client_context(spec.origin_ca, verify=True)
+                except tlsctx.CertError as exc:
+                    self.report(("listener", index, "intercept_origin_ca"), _with_fix(exc))
+            if spec.har is not None:
+                problem = _har_problem(spec.har)
+                if problem is not None:
+                    self.report(("listener", index, "har"), problem)
+
     def _check_gateway_keys(self, listeners: list[tuple[int, ListenerDoc]]) -> None:
         """Read every gateway's keys as the workers will (files and environment variables)."""
         for index, doc in listeners:
@@ -499,6 +525,68 @@ def _cert_problem(entry: CertFile, min_version: str) -> str | None:
         tlsctx.load(entry.cert, entry.key, min_version=min_version)
     except tlsctx.CertError as exc:
         return _with_fix(exc)
+    return None
+
+
+def _ca_problem(directory: str) -> str | None:
+    """Why the interception CA in ``directory`` cannot be used, with what to do; ``None`` when
+    it loads."""
+    try:
+        mitmca.CertificateAuthority.load(directory)
+    except mitmca.CAError as exc:
+        return _ca_message(exc, directory)
+    return None
+
+
+def _ca_message(exc: mitmca.CAError, directory: str) -> str:
+    """The sentence for a CA that does not load: what is wrong, then what to do."""
+    init = f"portway ca init --dir {shlex.quote(directory)}"
+    if exc.kind == "missing" and exc.path.endswith(mitmca.CA_CERT_FILE):
+        why = "is not a directory" if os.path.exists(directory) else "does not exist"
+        where = (
+            f"{directory} {why}"
+            if not os.path.isdir(directory)
+            else f"{directory} holds no {mitmca.CA_CERT_FILE}"
+        )
+        return (
+            f"intercepting needs a CA, and there is none: {where}; make one with `{init}` and have the "
+            f"clients trust its {mitmca.CA_CERT_FILE} (`portway ca show --dir {shlex.quote(directory)}`), "
+            "or point intercept_ca at an existing CA directory"
+        )
+    if exc.kind == "missing":
+        return (
+            f"{exc.path}: no such file (the CA's private key; {mitmca.CA_CERT_FILE} alone cannot sign): "
+            f"put the key back, or make a new CA with `{init} --force` (clients must then trust the new "
+            "certificate)"
+        )
+    if exc.kind in ("not_pem", "not_ca", "mismatch", "invalid"):
+        return (
+            f"{exc}; point intercept_ca at a directory made by `portway ca init`, or make a new CA there "
+            f"with `{init} --force` (clients must then trust the new certificate)"
+        )
+    if exc.kind == "unreadable":
+        return f"{exc}; run Portway as a user who can read the CA directory, or fix its permissions"
+    return str(exc)  # insecure_key, encrypted_key, expired, not_yet_valid: the message says what to do
+
+
+def _har_problem(path: str) -> str | None:
+    """Why the HAR file ``path`` could not be written, or ``None``: its directory must exist and be
+    writable (the file is written whole under a temporary name there and renamed into place, once
+    per worker), and ``path`` must not be a directory."""
+    directory = os.path.dirname(path)
+    if os.path.isdir(path):
+        return f"{path} is a directory; name a file in it, like {os.path.join(path, 'intercepted.har')}"
+    if not os.path.isdir(directory):
+        why = "is not a directory" if os.path.exists(directory) else "does not exist"
+        return (
+            f"cannot write the HAR file {path}: its directory {directory} {why}; create it or pick "
+            "another path"
+        )
+    if not os.access(directory, os.W_OK | os.X_OK):
+        return (
+            f"cannot write the HAR file {path}: the directory {directory} is not writable by this user; "
+            "fix its permissions or pick another path"
+        )
     return None
 
 

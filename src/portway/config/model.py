@@ -61,7 +61,9 @@ from pydantic import (
 )
 
 from portway.config.units import format_hostport, parse_duration, parse_hostport
+from portway.net.mitmca import DEFAULT_DIRECTORY as DEFAULT_CA_DIRECTORY
 from portway.route.destpolicy import ALLOW_EXPECTED, parse_entry
+from portway.route.intercept import PATTERN_EXPECTED, PINNING_MODES, parse_pattern
 from portway.route.match import NameMatcher, Networks
 from portway.route.table import Route
 
@@ -91,6 +93,7 @@ __all__ = [
     "HealthCheckDoc",
     "HttpProxyListenerDoc",
     "HttpProxySpec",
+    "InterceptSpec",
     "Keepalive",
     "KeepaliveDoc",
     "KeyedValueError",
@@ -350,7 +353,7 @@ class GatewaySpec:
 
 @dataclass(frozen=True, slots=True)
 class HttpProxySpec:
-    """An ``http-proxy`` listener's users, destination rules and tunnel ports."""
+    """An ``http-proxy`` listener's users, destination rules, tunnel ports and TLS interception."""
 
     users_file: str | None
     """Absolute path of the htpasswd (bcrypt) file; ``None``: no authentication."""
@@ -368,6 +371,32 @@ class HttpProxySpec:
     connect_timeout: float
     retries: int
     """Extra connect attempts after a timeout."""
+    intercept: InterceptSpec | None = None
+    """How CONNECT tunnels are intercepted; ``None``: never (``intercept`` empty or absent)."""
+
+
+@dataclass(frozen=True, slots=True)
+class InterceptSpec:
+    """An ``http-proxy`` listener's TLS interception: its ``intercept*``, ``har`` and ``pinning*`` keys.
+
+    Built only when ``intercept`` lists at least one destination; the loader has then read the
+    CA (and the origin CA file) once, so they load. :class:`portway.route.intercept.Interception`
+    is the runtime object made from it.
+    """
+
+    patterns: tuple[str, ...]
+    """The ``intercept`` entries as written (never empty): exact names, ``*.suffix``, ``*`` or IP
+    literals (:func:`portway.route.intercept.parse_pattern`)."""
+    ca: str
+    """Absolute path of the CA directory (``ca.pem`` and ``ca-key.pem``, as ``portway ca init`` makes)."""
+    origin_ca: str | None
+    """Absolute path of a PEM file of CAs trusted for origins besides the system's; ``None``: none."""
+    har: str | None
+    """Absolute path of the HAR file for intercepted requests; ``None``: no recording."""
+    pinning: str
+    """``"log"`` or ``"passthrough"``: what a client's refusal of the forged certificate leads to."""
+    pinning_ttl: float
+    """Seconds a refusing host is passed through (``"passthrough"`` mode)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -1423,9 +1452,26 @@ def _port_range(value: Any) -> tuple[int, int]:
 PortRange = Annotated[tuple[int, int], BeforeValidator(_port_range)]
 
 
+def _intercept_pattern(value: Any) -> str:
+    """An ``intercept`` entry; the grammar and its messages live in :mod:`portway.route.intercept`."""
+    if not isinstance(value, str):
+        raise ValueError(f"{PATTERN_EXPECTED}, got {quote(value)}")
+    parse_pattern(value)
+    return value
+
+
+_INTERCEPT_ONLY: Final = ("intercept_ca", "intercept_origin_ca", "har", "pinning", "pinning_ttl")
+"""Keys that mean something only on a listener that intercepts."""
+
+
 class HttpProxyListenerDoc(ListenerDoc):
     """``mode = "http-proxy"``: an HTTP/1.1 forward proxy with CONNECT, and SOCKS5 on the same
-    port; no backend list (clients name their destinations, checked by ``allow``/``deny``)."""
+    port; no backend list (clients name their destinations, checked by ``allow``/``deny``).
+
+    ``intercept`` lists the CONNECT destinations whose TLS is intercepted with certificates
+    from the CA in ``intercept_ca``; the other ``intercept_*``, ``har`` and ``pinning*`` keys
+    tune that, and may only be written along with a non-empty ``intercept``.
+    """
 
     users_file: NonEmptyStr | None = None
     allow_unauthenticated: bool = False
@@ -1436,6 +1482,12 @@ class HttpProxyListenerDoc(ListenerDoc):
     x_forwarded_for: bool = False
     connect_timeout: PositiveDuration | None = None
     retries: Retries | None = None
+    intercept: list[Annotated[str, BeforeValidator(_intercept_pattern)]] = []
+    intercept_ca: NonEmptyStr | None = None
+    intercept_origin_ca: NonEmptyStr | None = None
+    har: NonEmptyStr | None = None
+    pinning: Annotated[str, BeforeValidator(_choice(*PINNING_MODES))] | None = None
+    pinning_ttl: PositiveDuration | None = None
 
     @model_validator(mode="after")
     def _no_open_proxy(self) -> HttpProxyListenerDoc:
@@ -1452,8 +1504,26 @@ class HttpProxyListenerDoc(ListenerDoc):
             raise KeyedValueError(("allow",), 'expected at least one allow entry, e.g. ["0.0.0.0/0", "::/0"]')
         return self
 
+    @model_validator(mode="after")
+    def _intercept_keys(self) -> HttpProxyListenerDoc:
+        if not self.intercept:
+            for key in _INTERCEPT_ONLY:
+                if getattr(self, key) is not None:
+                    raise KeyedValueError(
+                        (key,),
+                        f'"{key}" applies only to a listener that intercepts TLS: list the destinations '
+                        'to intercept, as in intercept = ["*.example.com"], or remove it',
+                    )
+        if self.pinning_ttl is not None and self.pinning != "passthrough":
+            raise KeyedValueError(
+                ("pinning_ttl",),
+                '"pinning_ttl" applies only with pinning = "passthrough" (how long a host whose client '
+                "refused the certificate is tunnelled untouched): add that, or remove pinning_ttl",
+            )
+        return self
+
     def http_proxy_spec(self, path: Callable[[str], str], defaults: DefaultsDoc) -> HttpProxySpec | None:
-        """Users, rules and tunnel ports, the users file made absolute, defaults inherited."""
+        """Users, rules, tunnel ports and interception, files made absolute, defaults inherited."""
         return HttpProxySpec(
             users_file=path(self.users_file) if self.users_file is not None else None,
             socks5=self.socks5,
@@ -1465,6 +1535,21 @@ class HttpProxyListenerDoc(ListenerDoc):
             if self.connect_timeout is not None
             else defaults.connect_timeout,
             retries=self.retries if self.retries is not None else defaults.retries,
+            intercept=self.intercept_spec(path),
+        )
+
+    def intercept_spec(self, path: Callable[[str], str]) -> InterceptSpec | None:
+        """The interception settings, paths made absolute by ``path`` (``intercept_ca``
+        defaults to ``~/.portway/ca``); ``None`` when ``intercept`` is empty."""
+        if not self.intercept:
+            return None
+        return InterceptSpec(
+            patterns=tuple(self.intercept),
+            ca=path(self.intercept_ca if self.intercept_ca is not None else DEFAULT_CA_DIRECTORY),
+            origin_ca=path(self.intercept_origin_ca) if self.intercept_origin_ca is not None else None,
+            har=path(self.har) if self.har is not None else None,
+            pinning=self.pinning if self.pinning is not None else "log",
+            pinning_ttl=self.pinning_ttl if self.pinning_ttl is not None else 3600.0,
         )
 
 

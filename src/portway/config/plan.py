@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from cryptography.x509.oid import NameOID
+
 from portway.config.model import (
     SNI_PLACEHOLDER,
     BackendSpec,
@@ -18,6 +20,7 @@ from portway.config.model import (
     Config,
     GatewaySpec,
     HttpProxySpec,
+    InterceptSpec,
     Keepalive,
     ListenerSpec,
     ProxyProtocolIn,
@@ -25,6 +28,7 @@ from portway.config.model import (
     TlsSpec,
 )
 from portway.config.units import format_duration
+from portway.net.mitmca import CAError, read_certificate
 from portway.net.tlsctx import CertError, cert_names
 
 __all__ = ["render_plan"]
@@ -145,6 +149,33 @@ def _proxy_rows(spec: HttpProxySpec | None) -> list[tuple[str, str]]:
         ("allow", ", ".join(spec.allow)),
         ("deny", ", ".join(spec.deny) or "none"),
         ("connect", f"timeout {format_duration(spec.connect_timeout)}, {spec.retries} retries on timeout"),
+        *_intercept_rows(spec.intercept),
+    ]
+
+
+def _intercept_rows(spec: InterceptSpec | None) -> list[tuple[str, str]]:
+    """Which tunnels are intercepted, with which CA (its name and end, read from ``ca.pem``, and
+    left out if it cannot be read), what origins are trusted, the HAR file and the pinning policy."""
+    if spec is None:
+        return [("intercept", "off")]
+    ca = spec.ca
+    try:
+        certificate = read_certificate(spec.ca)
+    except CAError:
+        pass
+    else:
+        names = certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+        name = str(names[0].value) if names else certificate.subject.rfc4514_string()
+        ca = f"{spec.ca} ({name}; until {certificate.not_valid_after_utc:%Y-%m-%d})"
+    pinning = (
+        f"passthrough for {format_duration(spec.pinning_ttl)}" if spec.pinning == "passthrough" else "log"
+    )
+    return [
+        ("intercept", ", ".join(spec.patterns)),
+        ("intercept ca", ca),
+        ("origin trust", "system CAs" + (f" + {spec.origin_ca}" if spec.origin_ca else "")),
+        ("har", spec.har or "off"),
+        ("pinning", pinning),
     ]
 
 
