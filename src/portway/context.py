@@ -24,6 +24,7 @@ from portway.termination import Reason
 
 if TYPE_CHECKING:
     from portway.net.listener import Listener
+    from portway.net.originpool import OriginPool
 
 log = logging.getLogger("portway.worker")
 
@@ -49,6 +50,7 @@ class Context:
         "live",
         "loop",
         "next_id",
+        "origins",
         "pid",
         "pipes",
         "poller",
@@ -84,6 +86,8 @@ class Context:
         self.gateway_pending: dict[str, int] = {}
         #: Failed-handshake buckets by listener; kept across reloads (see route/sourcelimit.py).
         self.source_limiters: dict[str, SourceLimiter] = {}
+        #: Idle connections to origins of the forward proxy (made on first use).
+        self.origins: OriginPool | None = None
 
     def new_session(self, listener: str, peer: tuple[str, int], frontend: tuple[str, int]) -> Session:
         """Start the record of a freshly accepted connection."""

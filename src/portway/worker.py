@@ -245,6 +245,8 @@ class Worker:
                 listener.close()
             if self.runtime is not None:
                 self.runtime.stop_health_checks()
+            if ctx.origins is not None:
+                ctx.origins.close()
             if ctx.live:
                 log.info("draining %d connections (up to %gs)", len(ctx.live), timeout)
         deadline = ctx.loop.time() + timeout

@@ -57,7 +57,9 @@ class Portway:
         self.prefix = prefix or []
         self.proc: subprocess.Popen[bytes] | None = None
         self.log: list[str] = []
+        #: JSON access-log records of connections, and of HTTP requests (``"type": "http"``).
         self.access: list[dict[str, Any]] = []
+        self.requests: list[dict[str, Any]] = []
         self.raw_out: list[str] = []
         self._cond = threading.Condition()
         self._threads: list[threading.Thread] = []
@@ -96,9 +98,11 @@ class Portway:
         with self._cond:
             self.raw_out.append(line)
             try:
-                self.access.append(json.loads(line))
+                record = json.loads(line)
             except ValueError:
-                pass
+                record = None
+            if isinstance(record, dict):
+                (self.requests if record.get("type") == "http" else self.access).append(record)
             self._cond.notify_all()
 
     def wait_for(self, pattern: str, timeout: float = 10.0, start: int = 0) -> str:
@@ -120,12 +124,15 @@ class Portway:
                     raise AssertionError(f"no log line matching {pattern!r} within {timeout}s; log:\n{tail}")
                 self._cond.wait(min(left, 0.2))
 
-    def wait_access(self, cond: Callable[[list[dict[str, Any]]], Any], timeout: float = 10.0) -> Any:
-        """Wait until ``cond(access_records)`` is truthy; return its value."""
+    def wait_access(
+        self, cond: Callable[[list[dict[str, Any]]], Any], timeout: float = 10.0, *, requests: bool = False
+    ) -> Any:
+        """Wait until ``cond(records)`` is truthy; return its value. The records are the
+        connections' (default) or, with ``requests``, the HTTP requests' access-log lines."""
         deadline = time.monotonic() + timeout
         with self._cond:
             while True:
-                value = cond(self.access)
+                value = cond(self.requests if requests else self.access)
                 if value:
                     return value
                 left = deadline - time.monotonic()

@@ -174,8 +174,9 @@ def test_request_is_rewritten_for_the_origin(proxy: Any) -> None:
     assert r.returncode == 0, r.stderr
     head = seen[-1].decode("latin-1").lower()
     assert head.startswith("post /form?q=1 http/1.1\r\n")  # origin-form target
-    assert "x-kept: yes" in head and "via: 1.1 portway" in head and "connection: close" in head
-    assert "proxy-connection" not in head and "x-drop" not in head  # hop-by-hop, and what Connection named
+    assert "x-kept: yes" in head and "via: 1.1 portway" in head
+    # hop-by-hop fields, and what Connection named
+    assert "proxy-connection" not in head and "connection:" not in head and "x-drop" not in head
     assert r.stdout.decode() == hashlib.sha256(seen[-1] + b"body bytes").hexdigest()  # body intact
 
 
@@ -256,27 +257,27 @@ def test_websocket_upgrade_over_plain_http(proxy: Any) -> None:
         (
             b"POST http://@/ HTTP/1.1\r\nHost: @\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n",
             400,
-            b"both Content-Length and Transfer-Encoding",
+            b"Transfer-Encoding can't be present with Content-Length",
         ),
         (
             b"POST http://@/ HTTP/1.1\r\nHost: @\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\n",
             400,
-            b"conflicting Content-Length",
+            b"Content-Length",
         ),
         (
             b"POST http://@/ HTTP/1.1\r\nHost: @\r\nContent-Length: 4, 4x\r\n\r\n",
             400,
-            b"conflicting Content-Length",
+            b"Content-Length",
         ),
         (
             b"POST http://@/ HTTP/1.1\r\nHost: @\r\nTransfer-Encoding: chunked, identity\r\n\r\n",
             400,
-            b"does not end with chunked",
+            b"Transfer-Encoding",
         ),
         (
             b"POST http://@/ HTTP/1.1\r\nHost: @\r\nTransfer-Encoding: xchunked\r\n\r\n",
             400,
-            b"does not end with chunked",
+            b"Transfer-Encoding",
         ),
         (b"POST http://@/ HTTP/1.1\r\nHost: @\r\nTransfer-Encoding:\x0bchunked\r\n\r\n", 400, b""),
         (
@@ -333,7 +334,10 @@ def test_rules_and_silence(proxy: Any) -> None:
     assert r.returncode != 0 and b"(2)" in r.stderr  # SOCKS5 reply 0x02: not allowed by ruleset
     with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
         s.sendall(b"GET http://127.0.0.1/ HTTP/1.1\r\nHo")  # half a head, then nothing
-        assert s.recv(100) == b""  # closed at the deadline
+        answer = b""
+        while chunk := s.recv(4096):  # answered 408 at the deadline, then closed
+            answer += chunk
+        assert answer.startswith(b"HTTP/1.1 408 "), answer
     recs = proxy["pw"].wait_access(lambda a: len(a) >= 6 and a)
     assert [r["reason"] for r in recs] == ["refused_by_rule"] * 5 + ["sniff_timeout"]
 

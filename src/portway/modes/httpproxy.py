@@ -1,34 +1,19 @@
 """The http-proxy mode: an HTTP/1.1 forward proxy with CONNECT, and SOCKS5 on the same port.
 
 accept → [PROXY header] → the first byte tells: ``0x05`` is SOCKS5 (RFC 1928 CONNECT, with RFC
-1929 username/password when ``users_file`` is set), anything else an HTTP/1 request head →
-authenticate (``Proxy-Authorization: Basic``) → check the destination (``deny``, then ``allow``,
-on the IP actually dialled, after DNS) → dial (timeouts retried) → relay:
+1929 username/password when ``users_file`` is set), anything else is HTTP, served by the
+keep-alive engine of :mod:`portway.modes.httpforward` (authentication, destination rules,
+pooled origin connections, pipelining, re-framing; see there).
 
-- ``CONNECT host:port`` (``connect_ports``, 443 by default, as squid) answers
-  ``200 Connection established`` and then splices both ways; bytes the client pipelined after
-  the head (its ClientHello) go first.
-- An absolute-form request (``GET http://host/path``) is rewritten for the origin: origin-form
-  target, hop-by-hop fields removed (``Connection`` and the fields it names, ``Keep-Alive``,
-  ``Proxy-Authorization``, ``Proxy-Connection``, ``TE``, ``Trailer``, ``Upgrade`` unless this
-  is a real upgrade), ``Via`` added, ``X-Forwarded-For`` if configured, and
-  ``Connection: close``; then bytes flow both ways untouched (the body in whatever framing the
-  client chose, the response in whatever framing the origin chose). A WebSocket upgrade keeps
-  ``Upgrade`` and relays after ``101``.
+This module is the connection those two share, and the paths that end in a plain relay:
 
-This version handles one request per client connection: after the response the origin closes
-(``Connection: close``) and so does Portway, and clients open a new connection for the next
-request. Connection reuse on both sides and response-side header processing are for a later
-version (see docs).
-
-Framing checks where request smuggling lives: ``Content-Length`` with ``Transfer-Encoding``,
-conflicting or malformed ``Content-Length``, a ``Transfer-Encoding`` whose last coding is not
-``chunked``, or one on HTTP/1.0, are answered ``400``; the head parser already refuses bare LF,
-obsolete line folding and over-long heads.
-
-Answers are real HTTP responses (or SOCKS5 reply codes): ``400`` bad request, ``403`` refused by
-rule, ``407`` credentials needed (with ``Proxy-Authenticate``), ``502`` the origin failed (with
-the reason), ``504`` it did not answer in time.
+- ``CONNECT host:port`` (checked by the engine against ``connect_ports``, 443 by default, as
+  squid) is dialled here under the destination rules (``deny``, then ``allow``, on the IP
+  actually dialled, after DNS), answered ``200 Connection established``, then spliced both
+  ways; bytes the client pipelined after the head (its ClientHello) go first.
+- SOCKS5 CONNECT likewise, answered with the SOCKS5 reply codes (not allowed, host
+  unreachable, connection refused, TTL expired for a timeout...).
+- A WebSocket (or other) upgrade the origin accepted with ``101`` continues as a relay.
 """
 
 from __future__ import annotations
@@ -40,12 +25,15 @@ from collections.abc import Callable
 from typing import Any
 
 from portway.context import Context
+from portway.modes.httpforward import HttpForward
 from portway.modes.sni import http_response
 from portway.modes.tcp import TcpConnection
 from portway.net.listener import Listener
+from portway.net.relay import Relay
 from portway.net.sniff import Sniff
+from portway.net.tlsrelay import Endpoint, TlsRelay
 from portway.proto import NeedData, httphead, socks5
-from portway.route.auth import PROXY_AUTHENTICATE, parse_basic
+from portway.route.auth import PROXY_AUTHENTICATE
 from portway.route.backend import Server
 from portway.termination import Reason
 
@@ -54,76 +42,19 @@ log = logging.getLogger("portway.httpproxy")
 #: Largest request head (or SOCKS5 message) read before routing.
 HEAD_LIMIT = 65536
 CONNECTED = b"HTTP/1.1 200 Connection established\r\n\r\n"
-#: Hop-by-hop fields (RFC 9110 §7.6.1), removed before a request goes to the origin.
-HOP_BY_HOP = frozenset(
-    {"connection", "keep-alive", "proxy-authorization", "proxy-connection", "te", "trailer", "upgrade"}
-)
+#: What the first read is taken for when it does not start a SOCKS5 greeting.
+HTTP = object()
 
 
-def parse_first(data: bytearray) -> socks5.Greeting | httphead.RequestHead | NeedData:
-    """A SOCKS5 greeting when the first byte is 0x05, else an HTTP/1 request head."""
+def parse_first(data: bytearray) -> socks5.Greeting | object | NeedData:
+    """A SOCKS5 greeting when the first byte is 0x05, else :data:`HTTP`."""
     if data[0] == socks5.VERSION:
         return socks5.parse_greeting(data)
-    return httphead.parse(data, max_head=HEAD_LIMIT)
+    return HTTP
 
 
-def framing_problem(head: httphead.RequestHead) -> str | None:
-    """Why the body framing of ``head`` is refused (request smuggling lives here), or None."""
-    lengths = [v for name, v in head.headers if name == "content-length"]
-    codings = [v for name, v in head.headers if name == "transfer-encoding"]
-    if codings:
-        if head.version == (1, 0):
-            return "Transfer-Encoding in an HTTP/1.0 request"
-        if lengths:
-            return "both Content-Length and Transfer-Encoding"
-        last = ",".join(codings).split(",")[-1].strip().lower()
-        if last != "chunked":
-            return f"Transfer-Encoding {','.join(codings)!r} does not end with chunked"
-    values = {part.strip() for v in lengths for part in v.split(",")}
-    if values and (len(values) > 1 or not all(v.isdigit() and v.isascii() for v in values)):
-        return f"bad or conflicting Content-Length {', '.join(sorted(values))!r}"
-    return None
-
-
-def rewrite_request(head: httphead.RequestHead, path: str, client_ip: str, *, x_forwarded_for: bool) -> bytes:
-    """The head to send to the origin (see the module docstring)."""
-    named = {
-        token.strip().lower()
-        for name, value in head.headers
-        if name == "connection"
-        for token in value.split(",")
-    }
-    upgrade = "upgrade" in named and any(name == "upgrade" for name, _ in head.headers)
-    drop = HOP_BY_HOP | named
-    if upgrade:
-        drop = drop - {"upgrade"}
-    lines = [f"{head.method} {path} HTTP/{head.version[0]}.{head.version[1]}"]
-    via = [value for name, value in head.headers if name == "via"]
-    forwarded = [value for name, value in head.headers if name == "x-forwarded-for"]
-    for name, value in head.headers:
-        if name in drop or name in ("via", "x-forwarded-for"):
-            continue
-        lines.append(f"{name}: {value}")
-    lines.append("via: " + ", ".join([*via, f"{head.version[0]}.{head.version[1]} portway"]))
-    if x_forwarded_for:
-        lines.append("x-forwarded-for: " + ", ".join([*forwarded, client_ip]))
-    elif forwarded:
-        lines.append("x-forwarded-for: " + ", ".join(forwarded))
-    lines.append("connection: upgrade" if upgrade else "connection: close")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-
-
-def origin_form(target: str) -> tuple[str, str] | None:
-    """``("host[:port]", "/path?query")`` of an ``http://`` absolute-form target, else None."""
-    scheme, sep, rest = target.partition("://")
-    if not sep or scheme.lower() != "http":
-        return None
-    authority, slash, path = rest.partition("/")
-    path = "/" + path if slash else "/"
-    if "?" in authority:
-        authority, _, query = authority.partition("?")
-        path = "/?" + query
-    return authority, path.split("#", 1)[0]
+def _http_only(data: bytearray) -> object:
+    return HTTP
 
 
 _SOCKS_FOR_REASON = {
@@ -159,15 +90,14 @@ class HttpProxyConnection(TcpConnection):
         self._sniff(parse, what, HEAD_LIMIT, initial, on_result, self._on_read_error)
 
     def _route(self, prefix: bytes) -> None:
-        """The PROXY header (if any) is done: read an HTTP head or a SOCKS5 greeting."""
+        """The PROXY header (if any) is done: the first bytes tell SOCKS5 from HTTP."""
         spec = self.spec.http_proxy
         assert spec is not None
-        parse = parse_first if spec.socks5 else self._parse_head
+        if prefix:
+            self._on_first(parse_first(bytearray(prefix)) if spec.socks5 else HTTP, bytearray(prefix))
+            return
+        parse = parse_first if spec.socks5 else _http_only
         self._read(parse, "HTTP request head or SOCKS5 greeting", prefix, self._on_first)
-
-    @staticmethod
-    def _parse_head(data: bytearray) -> httphead.RequestHead | NeedData:
-        return httphead.parse(data, max_head=HEAD_LIMIT)
 
     def _on_read_error(self, reason: Reason, detail: str) -> None:
         exc = getattr(self.stage, "error", None)
@@ -186,9 +116,11 @@ class HttpProxyConnection(TcpConnection):
             if isinstance(result, socks5.Greeting):
                 self.is_socks = True
                 self._on_greeting(result, data)
-            else:
-                assert isinstance(result, httphead.RequestHead)
-                self._on_head(result, data)
+            elif result is HTTP:
+                self._serve_http(bytes(data))
+            else:  # a SOCKS5 greeting still incomplete
+                parse = socks5.parse_greeting
+                self._read(parse, "SOCKS5 greeting", bytes(data), self._on_first)
         except Exception as exc:
             self._crash(exc)
 
@@ -248,65 +180,62 @@ class HttpProxyConnection(TcpConnection):
         except Exception as exc:
             self._crash(exc)
 
-    # -- HTTP ------------------------------------------------------------------------------
-    def _on_head(self, head: httphead.RequestHead, data: bytearray) -> None:
-        users = self.runtime.users.get(self.spec.name)
-        if users is not None:
-            header = next((v for name, v in head.headers if name == "proxy-authorization"), None)
-            creds = parse_basic(header) if header is not None else None
-            if creds is None:
-                self._answer_http(407, "proxy authentication required", Reason.REFUSED_BY_RULE)
-                return
-            self._verify(creds[0], creds[1], lambda ok: self._after_auth(ok, creds[0], head, data))
-            return
-        self._after_auth(True, None, head, data)
+    # -- HTTP ----------------------------------------------------------------------------
+    def _serve_http(self, initial: bytes) -> None:
+        stage = self.stage
+        if isinstance(stage, Sniff):
+            stage.cancel()
+        engine = HttpForward(self, Endpoint(self.sock))
+        self.stage = engine
+        engine.start(initial)
 
-    def _after_auth(self, ok: bool, user: str | None, head: httphead.RequestHead, data: bytearray) -> None:
-        try:
-            if not ok:
-                self._answer_http(407, f"wrong username or password for {user!r}", Reason.REFUSED_BY_RULE)
-                return
-            if user is not None:
-                self.session.route = user
-            spec = self.spec.http_proxy
-            assert spec is not None
-            rest = bytes(data[head.length :])
-            if head.method == "CONNECT":
-                if head.host is None or head.port is None:
-                    self._answer_http(400, "CONNECT needs host:port", Reason.PROTOCOL_ERROR)
-                    return
-                if not any(low <= head.port <= high for low, high in spec.connect_ports):
-                    allowed = ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in spec.connect_ports)
-                    self._answer_http(
-                        403,
-                        f"CONNECT to port {head.port} is not allowed (connect_ports: {allowed})",
-                        Reason.REFUSED_BY_RULE,
-                    )
-                    return
-                self.greeting = CONNECTED
-                self.prefix = rest
-                self._go(head.host, head.port)
-                return
-            parts = origin_form(head.target)
-            if parts is None or head.host is None:
-                why = (
-                    "https:// URLs go through CONNECT"
-                    if head.target.lower().startswith("https://")
-                    else "this is a forward proxy: send an absolute URI (GET http://host/path) or CONNECT"
-                )
-                self._answer_http(400, why, Reason.PROTOCOL_ERROR)
-                return
-            problem = framing_problem(head)
-            if problem is not None:
-                self._answer_http(400, problem, Reason.PROTOCOL_ERROR)
-                return
-            new_head = rewrite_request(
-                head, parts[1], self.session.client[0], x_forwarded_for=spec.x_forwarded_for
+    def on_tunnel(self, host: str, port: int, rest: bytes, pending: bytes) -> None:
+        """The engine passed on a checked ``CONNECT``: ``pending`` (answers not yet sent)
+        and then ``200 Connection established`` go to the client, ``rest`` to the server."""
+        self.stage = None
+        self.greeting = pending + CONNECTED
+        self.prefix = rest
+        self._go(host, port)
+
+    def on_upgraded(self, client: Endpoint, server: Endpoint, to_client: bytes, to_server: bytes) -> None:
+        """The origin answered ``101``: relay both ways from here (the engine unregistered
+        both sockets; the relay owns and closes them)."""
+        ctx = self.ctx
+        session = self.session
+        if client.tls is None and server.tls is None:
+            relay: Relay | TlsRelay = Relay(
+                ctx.poller,
+                ctx.wheel,
+                self.sock,
+                server.sock,
+                session,
+                self._on_relay_done,
+                mode=self.spec.relay,
+                pipes=ctx.pipes,
+                buffers=ctx.buffers,
+                idle_timeout=self.spec.idle_timeout,
+                to_server=to_server,
+                to_client=to_client,
             )
-            self.prefix = new_head + rest
-            self._go(head.host, head.port or 80)
-        except Exception as exc:
-            self._crash(exc)
+        else:
+            client.write(to_client)
+            relay = TlsRelay(
+                ctx.poller,
+                ctx.wheel,
+                client,
+                server,
+                session,
+                self._on_relay_done,
+                idle_timeout=self.spec.idle_timeout,
+                to_server=to_server,
+            )
+        self.stage = relay
+        relay.start()
+
+    def http_done(self, reason: Reason, detail: str) -> None:
+        """The engine ended the connection (it has released everything but the client)."""
+        self.stage = None
+        self._end(reason, detail)
 
     # -- authentication --------------------------------------------------------------------
     def _verify(self, user: str, password: str, then: Callable[[bool], None]) -> None:

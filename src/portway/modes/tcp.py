@@ -24,7 +24,7 @@ import asyncio
 import logging
 import socket
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from portway.config.units import format_hostport
 from portway.context import Context
@@ -44,6 +44,13 @@ log = logging.getLogger("portway.tcp")
 
 #: Largest PROXY header accepted (v2 with TLVs); HAProxy's own limit is similar.
 PROXY_HEADER_LIMIT = 4096
+
+
+class Stage(Protocol):
+    """A phase a mode adds of its own (the forward proxy's HTTP engine): it can be cancelled."""
+
+    def cancel(self) -> None:
+        """Stop, releasing everything but the client socket."""
 
 
 def is_ip(host: str) -> bool:
@@ -97,7 +104,7 @@ class TcpConnection:
         self.runtime: Runtime = listener.runtime
         self.sock = sock
         self.session = ctx.new_session(listener.name, peer, frontend)
-        self.stage: Sniff | Dial | Handshake | Relay | TlsRelay | None = None
+        self.stage: Sniff | Dial | Handshake | Relay | TlsRelay | Stage | None = None
         self.server: Server | None = None
         #: The client side once Portway has completed a TLS handshake with it (terminate).
         self.client_ep: Endpoint | None = None

@@ -1,0 +1,286 @@
+"""HTTP/1.x messages as a stream of events, parsed by llhttp (through httptools): sans-IO.
+
+A :class:`MessageReader` takes the bytes of one direction of a connection, in pieces of any
+size, and returns what they completed, in order::
+
+    (HEAD, Head)      a request or response head
+    (BODY, bytes)     body bytes, with any chunked framing already removed
+    (END, None)       the message is complete (its body, and its trailers, are done)
+    (UPGRADE, bytes)  the stream stops being HTTP here (CONNECT, or an upgrade) and these
+                      bytes, read after the head, belong to the new protocol
+
+Pipelined messages come out one after the other from one :meth:`MessageReader.feed`. The
+proxy re-frames bodies itself (it writes the ``Content-Length`` or chunked framing it
+chooses), so no byte of the peer's framing is passed on unchecked: that is where request
+smuggling lives, and llhttp is strict about it. It refuses, and :class:`HttpError` reports:
+``Content-Length`` with ``Transfer-Encoding``, duplicate or malformed ``Content-Length``, a
+request ``Transfer-Encoding`` that does not end with ``chunked``, bad chunk sizes, bare LF,
+obsolete line folding, and invalid characters in names and values. Heads are limited in size
+and in number of fields here (llhttp has no limit of its own).
+
+llhttp cannot be told that a response answers a ``HEAD`` (its body is then absent whatever
+``Content-Length`` says): :meth:`MessageReader.expect_no_body` makes the reader cut the next
+response after its head.
+"""
+
+from __future__ import annotations
+
+import httptools
+
+__all__ = [
+    "BODY",
+    "END",
+    "HEAD",
+    "LAST_CHUNK",
+    "UPGRADE",
+    "Head",
+    "HttpError",
+    "MessageReader",
+    "chunk",
+]
+
+HEAD = 0
+BODY = 1
+END = 2
+UPGRADE = 3
+
+Event = tuple[int, object]
+
+#: The end of a chunked body (no trailers: they are hop-by-hop for this proxy).
+LAST_CHUNK = b"0\r\n\r\n"
+
+#: Default limits on one head: its bytes (request line and fields) and its number of fields.
+MAX_HEAD = 65536
+MAX_FIELDS = 128
+
+
+def chunk(data: bytes) -> bytes:
+    """``data`` as one chunk of a chunked body."""
+    return b"%x\r\n%b\r\n" % (len(data), data)
+
+
+class HttpError(Exception):
+    """The peer broke HTTP/1.1; ``status`` is the answer a server would give (400, 431...)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class Head:
+    """A request or response head as received, field names with the case they were sent in.
+
+    ``length`` is the ``Content-Length`` (``None`` when absent), ``chunked`` whether the body
+    is chunked; a response with neither (and a status that allows a body) runs until the
+    connection closes. ``keep_alive`` is llhttp's reading of the version and ``Connection``.
+    """
+
+    __slots__ = (
+        "chunked",
+        "fields",
+        "keep_alive",
+        "length",
+        "method",
+        "reason",
+        "status",
+        "target",
+        "upgrade",
+        "version",
+    )
+
+    def __init__(self) -> None:
+        self.method = ""
+        self.target = b""
+        self.status = 0
+        self.reason = b""
+        self.version = "1.1"
+        self.fields: list[tuple[bytes, bytes]] = []
+        self.length: int | None = None
+        self.chunked = False
+        self.keep_alive = True
+        self.upgrade = False
+
+    def get(self, name: bytes) -> bytes | None:
+        """The first value of field ``name`` (lower-case), or None."""
+        for field, value in self.fields:
+            if field.lower() == name:
+                return value
+        return None
+
+    def tokens(self, name: bytes) -> set[bytes]:
+        """The comma-separated tokens of every ``name`` field (lower-case), e.g. of ``Connection``."""
+        out: set[bytes] = set()
+        for field, value in self.fields:
+            if field.lower() == name:
+                out.update(t.strip().lower() for t in value.split(b","))
+        return out
+
+    @property
+    def has_body(self) -> bool:
+        """Whether a body follows this head by its framing (for requests)."""
+        return self.chunked or bool(self.length)
+
+
+class MessageReader:
+    """Events from one direction of an HTTP/1.x connection; see the module docstring."""
+
+    __slots__ = (
+        "_cut_head",
+        "_events",
+        "_head",
+        "_head_size",
+        "_max_fields",
+        "_max_head",
+        "_parser",
+        "_pending",
+        "_response",
+        "leftover",
+        "partial",
+    )
+
+    def __init__(self, *, response: bool, max_head: int = MAX_HEAD, max_fields: int = MAX_FIELDS) -> None:
+        self._response = response
+        self._max_head = max_head
+        self._max_fields = max_fields
+        self._parser: httptools.HttpRequestParser | httptools.HttpResponseParser = (
+            httptools.HttpResponseParser(self) if response else httptools.HttpRequestParser(self)
+        )
+        self._events: list[Event] = []
+        self._head = Head()
+        self._head_size = 0
+        #: A message has begun and its head is not complete yet (a deadline applies).
+        self.partial = False
+        self._cut_head = False
+        self._pending = b""
+        #: Bytes that came after a head cut by :meth:`expect_no_body` (a peer that sent more
+        #: than it should have; the connection is not reused).
+        self.leftover = b""
+
+    # -- feeding -------------------------------------------------------------------------
+    def feed(self, data: bytes) -> list[Event]:
+        """Parse ``data``; the events it completed. Raises :class:`HttpError`."""
+        events: list[Event] = []
+        self._events = events
+        if self._cut_head:
+            self._feed_cut(data)
+            return events
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            events.append((UPGRADE, data[exc.args[0] :]))
+        except httptools.HttpParserCallbackError as exc:
+            cause = exc.__context__
+            if isinstance(cause, HttpError):
+                raise cause from None
+            raise HttpError(400, f"bad HTTP: {exc}") from cause
+        except httptools.HttpParserError as exc:
+            what = "response" if self._response else "request"
+            raise HttpError(400, f"bad HTTP {what}: {exc}") from None
+        return events
+
+    def expect_no_body(self) -> None:
+        """The next response answers a ``HEAD``: it ends with its head (a ``1xx`` before it
+        is passed through as usual)."""
+        self._cut_head = True
+
+    def _feed_cut(self, data: bytes) -> None:
+        buf = self._pending + data
+        while self._cut_head and buf:
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                if len(buf) > self._max_head:
+                    raise HttpError(502, f"response head over {self._max_head} bytes")
+                self._pending = buf
+                return
+            head, buf = buf[: end + 4], buf[end + 4 :]
+            main, parser = self._parser, httptools.HttpResponseParser(self)
+            self._parser = parser  # (the callbacks ask it for the status and version)
+            try:
+                parser.feed_data(head)
+            except httptools.HttpParserCallbackError as exc:
+                cause = exc.__context__
+                if isinstance(cause, HttpError):
+                    raise cause from None
+                raise HttpError(502, f"bad HTTP response: {exc}") from cause
+            except httptools.HttpParserError as exc:
+                raise HttpError(502, f"bad HTTP response: {exc}") from None
+            finally:
+                self._parser = main
+            if 100 <= self._head.status < 200 and self._head.status != 101:
+                continue  # an interim answer: the real one follows
+            # llhttp waits for the body a HEAD answer does not have: end it here. (The main
+            # parser saw none of this, so it is ready for the next response as it is.)
+            if not self._events or self._events[-1][0] != END:
+                self._events.append((END, None))
+            self._cut_head = False
+        self._pending = b""
+        self.leftover = buf
+
+    # -- llhttp callbacks ------------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        """llhttp: a message starts."""
+        self._head = Head()
+        self._head_size = 0
+        self.partial = True
+
+    def on_url(self, url: bytes) -> None:
+        """llhttp: (a piece of) the request target."""
+        head = self._head
+        head.target += url
+        self._grow(len(url))
+
+    def on_status(self, status: bytes) -> None:
+        """llhttp: (a piece of) the reason phrase."""
+        head = self._head
+        head.reason += status
+        self._grow(len(status))
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        """llhttp: one field (trailer fields of a chunked body come here too, and are dropped)."""
+        if not self.partial:
+            return
+        fields = self._head.fields
+        fields.append((name, value))
+        self._grow(len(name) + len(value) + 4)
+        if len(fields) > self._max_fields:
+            raise HttpError(431, f"more than {self._max_fields} header fields")
+
+    def _grow(self, n: int) -> None:
+        self._head_size += n
+        if self._head_size > self._max_head:
+            raise HttpError(431 if not self._response else 502, f"head over {self._max_head} bytes")
+
+    def on_headers_complete(self) -> None:
+        """llhttp: the head is complete; its framing is known."""
+        parser = self._parser
+        head = self._head
+        self.partial = False
+        head.version = parser.get_http_version()
+        head.keep_alive = parser.should_keep_alive()
+        head.upgrade = parser.should_upgrade()
+        if self._response:
+            assert isinstance(parser, httptools.HttpResponseParser)
+            head.status = parser.get_status_code()
+        else:
+            assert isinstance(parser, httptools.HttpRequestParser)
+            head.method = parser.get_method().decode("ascii")
+        for name, value in head.fields:
+            n = len(name)
+            if n == 14 and name.lower() == b"content-length":
+                head.length = int(value)
+            elif n == 17 and name.lower() == b"transfer-encoding":
+                head.chunked = value.rsplit(b",", 1)[-1].strip().lower() == b"chunked"
+                if head.version == "1.0" and not self._response:
+                    # RFC 9112 §6.1: such a message is faulty (an HTTP/1.0 hop would not
+                    # understand the framing): refuse it rather than guess.
+                    raise HttpError(400, "Transfer-Encoding in an HTTP/1.0 request")
+        self._events.append((HEAD, head))
+
+    def on_body(self, body: bytes) -> None:
+        """llhttp: body bytes (de-chunked)."""
+        self._events.append((BODY, body))
+
+    def on_message_complete(self) -> None:
+        """llhttp: the message is complete."""
+        self.partial = False
+        self._events.append((END, None))
