@@ -190,7 +190,7 @@ class HttpForward:
         self.users = conn.runtime.users.get(spec.name)
         self.policy = conn.runtime.policies[(spec.name, "")]
         self.pool = origin_pool(conn.ctx)
-        self.reader = http1.MessageReader(response=False)
+        self.reader = http1.MessageReader.fresh(response=False)
         self.queue: deque[http1.Event] = deque()
         self.active: Exchange | None = None
         self.idle_timeout = spec.idle_timeout
@@ -284,8 +284,8 @@ class HttpForward:
         if self.closing and not self.lingering:
             return False
         ex = self.active
-        if ex is not None and ex.client_rest is not None:
-            return False  # after an upgrade request: nothing more is HTTP
+        if ex is not None and (ex.client_rest is not None or (ex.close_after and ex.req_done)):
+            return False  # after an upgrade request nothing more is HTTP; after the last one, nothing
         if len(self.queue) > PIPELINE_LIMIT:
             return False
         up = ex.up if ex is not None else None
@@ -405,6 +405,7 @@ class HttpForward:
         if idle is not None:
             self.ctx.poller.add_reader(idle.ep.fd, self._on_upstream_readable)
             self.u_read = True
+            ex.reader = idle.reader
             self._attach(ex, idle.ep, idle.addr, reused=True)
             return
         self._open(ex)
@@ -581,10 +582,11 @@ class HttpForward:
         ex.reused = reused
         session = self.conn.session
         session.server_addr = addr
-        reader = http1.MessageReader(response=True)
+        reader = ex.reader
+        if reader is None:
+            reader = ex.reader = http1.MessageReader.fresh(response=True)
         if ex.head.method == "HEAD":
             reader.expect_no_body()
-        ex.reader = reader
         record = ex.record
         if record is not None:
             record.upstream = addr
@@ -753,6 +755,10 @@ class HttpForward:
     def _drop_upstream(self, up: Endpoint) -> None:
         self.ctx.poller.close(up.sock)
         self.u_read = self.u_write = False
+        ex = self.active
+        if ex is not None and ex.up is up and ex.reader is not None:
+            ex.reader.recycle()
+            ex.reader = None
 
     def _finish(self, ex: Exchange, *, reusable: bool) -> None:
         """The response is complete: log it, keep the origin connection if it can serve again,
@@ -773,12 +779,15 @@ class HttpForward:
                 poller = self.ctx.poller
                 if self.u_write:
                     poller.remove_writer(up.fd)
-                if not self.u_read:
-                    poller.add_reader(up.fd, _noop)
                 self.u_read = self.u_write = False
-                self.pool.put(ex.key, up, ex.up_addr or ("", 0), ex.token)
+                assert reader is not None
+                self.pool.put(ex.key, up, ex.up_addr or ("", 0), ex.token, reader)
             else:
-                self._drop_upstream(up)
+                self.ctx.poller.close(up.sock)
+                self.u_read = self.u_write = False
+                if reader is not None:
+                    reader.recycle()
+            ex.reader = None
         if ex.close_after or not ex.req_done:
             self.closing = True
             return
@@ -919,6 +928,20 @@ class HttpForward:
         can destroy the answer before the client reads it)."""
         self.lingering = True
         client = self.client
+        try:
+            late = client.read()
+        except BlockingIOError:
+            late = None  # nothing unread: a plain close cannot reset the answer away
+        except (OSError, ssl.SSLError):
+            late = b""
+        if not late:
+            client.close_write()
+            try:
+                client.flush()
+            except OSError:
+                pass
+            self._end(self.end_reason, self.end_detail)
+            return
         client.close_write()
         try:
             client.flush()
@@ -1021,6 +1044,7 @@ class HttpForward:
         self.active = None
         if not self.done:
             self._hand_over()
+        self.reader.recycle()
 
     def _end(self, reason: Reason, detail: str) -> None:
         if self.done:
@@ -1031,10 +1055,6 @@ class HttpForward:
     def _crash(self, exc: BaseException) -> None:
         log.error("HTTP engine of connection %d failed", self.conn.session.id, exc_info=exc)
         self._end(Reason.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}")
-
-
-def _noop() -> None:
-    """A reader for a socket about to be pooled (the pool replaces it)."""
 
 
 def _describe(exc: BaseException) -> str:

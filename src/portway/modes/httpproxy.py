@@ -93,11 +93,32 @@ class HttpProxyConnection(TcpConnection):
         """The PROXY header (if any) is done: the first bytes tell SOCKS5 from HTTP."""
         spec = self.spec.http_proxy
         assert spec is not None
-        if prefix:
-            self._on_first(parse_first(bytearray(prefix)) if spec.socks5 else HTTP, bytearray(prefix))
+        if not prefix:
+            # The first bytes are most often there already (always with TCP_DEFER_ACCEPT):
+            # one read decides without setting up a sniffing stage.
+            try:
+                prefix = self.sock.recv(HEAD_LIMIT)
+            except BlockingIOError:
+                parse = parse_first if spec.socks5 else _http_only
+                self._read(parse, "HTTP request head or SOCKS5 greeting", b"", self._on_first)
+                return
+            except OSError as exc:
+                self._end(Reason.CLIENT_CLOSED, exc.strerror or type(exc).__name__)
+                return
+            if not prefix:
+                self._end(Reason.CLIENT_CLOSED, "closed before sending anything")
+                return
+        if spec.socks5 and prefix[0] == socks5.VERSION:
+            data = bytearray(prefix)
+            try:
+                result = parse_first(data)
+            except socks5.Socks5Error as exc:
+                reply = socks5.reply(exc.reply) if exc.reply is not None else b""
+                self._answer_and_end(reply, Reason.PROTOCOL_ERROR, f"bad SOCKS5 greeting: {exc}")
+                return
+            self._on_first(result, data)
             return
-        parse = parse_first if spec.socks5 else _http_only
-        self._read(parse, "HTTP request head or SOCKS5 greeting", prefix, self._on_first)
+        self._on_first(HTTP, prefix)
 
     def _on_read_error(self, reason: Reason, detail: str) -> None:
         exc = getattr(self.stage, "error", None)
@@ -108,7 +129,7 @@ class HttpProxyConnection(TcpConnection):
         else:
             self._end(reason, detail)
 
-    def _on_first(self, result: object, data: bytearray) -> None:
+    def _on_first(self, result: object, data: bytes | bytearray) -> None:
         try:
             session = self.session
             session.sniff_s = self.ctx.loop.time() - session.start_mono
@@ -117,7 +138,7 @@ class HttpProxyConnection(TcpConnection):
                 self.is_socks = True
                 self._on_greeting(result, data)
             elif result is HTTP:
-                self._serve_http(bytes(data))
+                self._serve_http(data if isinstance(data, bytes) else bytes(data))
             else:  # a SOCKS5 greeting still incomplete
                 parse = socks5.parse_greeting
                 self._read(parse, "SOCKS5 greeting", bytes(data), self._on_first)
@@ -137,7 +158,7 @@ class HttpProxyConnection(TcpConnection):
             return False
         return True
 
-    def _on_greeting(self, greeting: socks5.Greeting, data: bytearray) -> None:
+    def _on_greeting(self, greeting: socks5.Greeting, data: bytes | bytearray) -> None:
         users = self.runtime.users.get(self.spec.name)
         method = socks5.choose_method(greeting, auth_required=users is not None)
         stage = self.stage

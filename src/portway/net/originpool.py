@@ -27,6 +27,7 @@ from collections import deque
 
 from portway.net.poller import Poller
 from portway.net.tlsrelay import Endpoint
+from portway.proto.http1 import MessageReader
 
 __all__ = ["Idle", "OriginPool"]
 
@@ -36,10 +37,14 @@ Key = tuple[str, int, bool]
 class Idle:
     """One idle origin connection."""
 
-    __slots__ = ("addr", "ep", "since", "token")
+    __slots__ = ("addr", "ep", "reader", "since", "token")
 
-    def __init__(self, ep: Endpoint, addr: tuple[str, int], token: object, since: float) -> None:
+    def __init__(
+        self, ep: Endpoint, addr: tuple[str, int], token: object, since: float, reader: MessageReader
+    ) -> None:
         self.ep = ep
+        #: The connection's response reader, between two messages.
+        self.reader = reader
         #: The address dialled (for the access log).
         self.addr = addr
         self.token = token
@@ -56,7 +61,7 @@ class OriginPool:
         loop: asyncio.AbstractEventLoop,
         poller: Poller,
         *,
-        max_per_origin: int = 32,
+        max_per_origin: int = 256,
         idle_timeout: float = 30.0,
     ) -> None:
         self._loop = loop
@@ -87,7 +92,9 @@ class OriginPool:
         del self._idle[key]
         return None
 
-    def put(self, key: Key, ep: Endpoint, addr: tuple[str, int], token: object) -> None:
+    def put(
+        self, key: Key, ep: Endpoint, addr: tuple[str, int], token: object, reader: MessageReader
+    ) -> None:
         """Keep ``ep`` for the next request to ``key``. It must have no writer registered;
         its reader (registered or not) becomes the pool's."""
         queue = self._idle.get(key)
@@ -95,7 +102,7 @@ class OriginPool:
             queue = self._idle[key] = deque()
         elif len(queue) >= self.max_per_origin:
             self._poller.close(queue.popleft().ep.sock)
-        idle = Idle(ep, addr, token, time.monotonic())
+        idle = Idle(ep, addr, token, time.monotonic(), reader)
         queue.append(idle)
         self._poller.add_reader(ep.fd, lambda: self._readable(key, idle))
         if self._handle is None:

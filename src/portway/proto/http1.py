@@ -54,6 +54,11 @@ MAX_HEAD = 65536
 MAX_FIELDS = 128
 
 
+#: Free readers kept for reuse, per kind (request: False, response: True).
+FREE_LIMIT = 256
+_FREE: dict[bool, list[MessageReader]] = {False: [], True: []}
+
+
 def chunk(data: bytes) -> bytes:
     """``data`` as one chunk of a chunked body."""
     return b"%x\r\n%b\r\n" % (len(data), data)
@@ -77,6 +82,7 @@ class Head:
 
     __slots__ = (
         "chunked",
+        "connection",
         "fields",
         "keep_alive",
         "length",
@@ -99,6 +105,9 @@ class Head:
         self.chunked = False
         self.keep_alive = True
         self.upgrade = False
+        #: The lower-case tokens of the ``Connection`` fields (empty without one): the
+        #: hop-by-hop fields they name are removed by a proxy.
+        self.connection: frozenset[bytes] = frozenset()
 
     def get(self, name: bytes) -> bytes | None:
         """The first value of field ``name`` (lower-case), or None."""
@@ -125,10 +134,12 @@ class MessageReader:
     """Events from one direction of an HTTP/1.x connection; see the module docstring."""
 
     __slots__ = (
+        "_clean",
         "_cut_head",
         "_events",
         "_head",
         "_head_size",
+        "_in_message",
         "_max_fields",
         "_max_head",
         "_parser",
@@ -155,12 +166,39 @@ class MessageReader:
         #: Bytes that came after a head cut by :meth:`expect_no_body` (a peer that sent more
         #: than it should have; the connection is not reused).
         self.leftover = b""
+        #: Between messages, with nothing buffered: the parser could serve a new connection.
+        self._clean = True
+        self._in_message = False
+
+    @classmethod
+    def fresh(cls, *, response: bool) -> MessageReader:
+        """A reader with the default limits, recycled if one is free (making an llhttp parser
+        costs more than a whole small request's parsing)."""
+        free = _FREE[response]
+        if free:
+            return free.pop()
+        return cls(response=response)
+
+    def recycle(self) -> None:
+        """Give the reader back once its connection is done with it: kept for another one only
+        if it is between messages, never after an error or an upgrade."""
+        if not self._clean or self._cut_head or self._pending or self.leftover:
+            return
+        if self._max_head != MAX_HEAD or self._max_fields != MAX_FIELDS:
+            return
+        free = _FREE[self._response]
+        if len(free) < FREE_LIMIT:
+            self._events = []
+            self._head = Head()
+            self.partial = False
+            free.append(self)
 
     # -- feeding -------------------------------------------------------------------------
     def feed(self, data: bytes) -> list[Event]:
         """Parse ``data``; the events it completed. Raises :class:`HttpError`."""
         events: list[Event] = []
         self._events = events
+        self._clean = False  # until the message in progress is complete
         if self._cut_head:
             self._feed_cut(data)
             return events
@@ -168,6 +206,7 @@ class MessageReader:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
             events.append((UPGRADE, data[exc.args[0] :]))
+            return events  # (never clean again: the stream is no longer HTTP)
         except httptools.HttpParserCallbackError as exc:
             cause = exc.__context__
             if isinstance(cause, HttpError):
@@ -176,6 +215,7 @@ class MessageReader:
         except httptools.HttpParserError as exc:
             what = "response" if self._response else "request"
             raise HttpError(400, f"bad HTTP {what}: {exc}") from None
+        self._clean = not self._in_message
         return events
 
     def expect_no_body(self) -> None:
@@ -213,6 +253,8 @@ class MessageReader:
             if not self._events or self._events[-1][0] != END:
                 self._events.append((END, None))
             self._cut_head = False
+            self._in_message = False
+            self._clean = not buf
         self._pending = b""
         self.leftover = buf
 
@@ -222,6 +264,7 @@ class MessageReader:
         self._head = Head()
         self._head_size = 0
         self.partial = True
+        self._in_message = True
 
     def on_url(self, url: bytes) -> None:
         """llhttp: (a piece of) the request target."""
@@ -266,7 +309,9 @@ class MessageReader:
             head.method = parser.get_method().decode("ascii")
         for name, value in head.fields:
             n = len(name)
-            if n == 14 and name.lower() == b"content-length":
+            if n == 10 and name.lower() == b"connection":
+                head.connection = head.connection | {t.strip().lower() for t in value.split(b",")}
+            elif n == 14 and name.lower() == b"content-length":
                 head.length = int(value)
             elif n == 17 and name.lower() == b"transfer-encoding":
                 head.chunked = value.rsplit(b",", 1)[-1].strip().lower() == b"chunked"
@@ -283,4 +328,5 @@ class MessageReader:
     def on_message_complete(self) -> None:
         """llhttp: the message is complete."""
         self.partial = False
+        self._in_message = False
         self._events.append((END, None))

@@ -55,7 +55,7 @@ def request_head(
 ) -> bytes:
     """The head sent to the origin: origin-form target, ``Host`` from the URL, hop-by-hop
     fields removed, ``Via`` (and ``X-Forwarded-For`` when ``client_ip`` is given) appended."""
-    drop = _REQUEST_HOP | head.tokens(b"connection") if b"connection" in _lower_names(head) else _REQUEST_HOP
+    drop = _REQUEST_HOP | head.connection if head.connection else _REQUEST_HOP
     out = [b"%s %s HTTP/1.1\r\nHost: %s\r\n" % (head.method.encode(), path, authority)]
     via: list[bytes] = []
     xff: list[bytes] = []
@@ -83,11 +83,8 @@ def request_head(
 def response_head(head: Head, *, te: bytes | None, close: bool, keep_alive_10: bool, upgrade: bool) -> bytes:
     """The head sent to the client: hop-by-hop fields removed, ``Transfer-Encoding: te``
     when the proxy chunks the body, ``Via`` appended, and the ``Connection`` it means."""
-    drop = (
-        _RESPONSE_HOP | head.tokens(b"connection") if b"connection" in _lower_names(head) else _RESPONSE_HOP
-    )
-    reason = head.reason or b"-"
-    out = [b"HTTP/1.1 %d %s\r\n" % (head.status, reason)]
+    drop = _RESPONSE_HOP | head.connection if head.connection else _RESPONSE_HOP
+    out = [b"HTTP/1.1 %d %s\r\n" % (head.status, head.reason)]
     via: list[bytes] = []
     for name, value in head.fields:
         low = name.lower()
@@ -108,10 +105,6 @@ def response_head(head: Head, *, te: bytes | None, close: bool, keep_alive_10: b
         out.append(b"Connection: keep-alive\r\n")
     out.append(b"\r\n")
     return b"".join(out)
-
-
-def _lower_names(head: Head) -> set[bytes]:
-    return {name.lower() for name, _ in head.fields}
 
 
 def split_authority(authority: bytes, default_port: int) -> tuple[str, int] | None:
