@@ -25,6 +25,7 @@ from portway.termination import Reason
 if TYPE_CHECKING:
     from portway.net.listener import Listener
     from portway.net.originpool import OriginPool
+    from portway.observe.har import HarWriter
 
 log = logging.getLogger("portway.worker")
 
@@ -47,6 +48,7 @@ class Context:
         "access",
         "buffers",
         "gateway_pending",
+        "har",
         "live",
         "loop",
         "next_id",
@@ -88,6 +90,8 @@ class Context:
         self.source_limiters: dict[str, SourceLimiter] = {}
         #: Idle connections to origins of the forward proxy (made on first use).
         self.origins: OriginPool | None = None
+        #: HAR writers of intercepting listeners, by file path (made on first use).
+        self.har: dict[str, HarWriter] = {}
 
     def new_session(self, listener: str, peer: tuple[str, int], frontend: tuple[str, int]) -> Session:
         """Start the record of a freshly accepted connection."""

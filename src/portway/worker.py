@@ -42,6 +42,8 @@ log = logging.getLogger("portway.worker")
 ACCESS_FLUSH_INTERVAL = 0.2
 #: How often pooled pipes that stayed unused are closed (see PipePool.trim).
 PIPE_TRIM_EVERY = 5  # flush intervals
+#: HAR files of intercepted requests are rewritten whole: about once a second is enough.
+HAR_FLUSH_EVERY = 5  # flush intervals
 
 
 class Worker:
@@ -224,6 +226,9 @@ class Worker:
         self._ticks += 1
         if self._ticks % PIPE_TRIM_EVERY == 0:
             ctx.pipes.trim()
+        if ctx.har and self._ticks % HAR_FLUSH_EVERY == 0:
+            for har in ctx.har.values():
+                har.flush()  # (rewrites the whole file: not at the access log's pace)
         self._flush_handle = ctx.loop.call_later(ACCESS_FLUSH_INTERVAL, self._schedule_flush)
 
     def _on_sigterm(self) -> None:
@@ -259,6 +264,8 @@ class Worker:
             self._flush_handle.cancel()
         ctx.access.flush()
         ctx.access.close()
+        for har in ctx.har.values():
+            har.close()
         ctx.pipes.close()
 
 

@@ -54,6 +54,7 @@ from portway.net.dial import Dial
 from portway.net.originpool import OriginPool
 from portway.net.sockopt import tune_dialed
 from portway.net.tlsrelay import HIGH_WATER, Endpoint, Handshake, describe_error
+from portway.observe.har import HarWriter
 from portway.observe.httplog import HttpRecord
 from portway.proto import http1
 from portway.proto.http1 import BODY, END, HEAD, UPGRADE, Head, HttpError
@@ -150,6 +151,7 @@ class HttpForward:
         "done",
         "end_detail",
         "end_reason",
+        "har",
         "head_start",
         "idle_timeout",
         "keepalive",
@@ -177,6 +179,7 @@ class HttpForward:
         *,
         origin: tuple[str, int] | None = None,
         origin_tls: ssl.SSLContext | None = None,
+        har: HarWriter | None = None,
     ) -> None:
         self.conn = conn
         self.ctx = conn.ctx
@@ -187,6 +190,8 @@ class HttpForward:
         self.client = client
         self.origin = origin
         self.origin_tls = origin_tls
+        #: Where intercepted requests are also recorded (with their heads), if anywhere.
+        self.har = har
         self.users = conn.runtime.users.get(spec.name)
         self.policy = conn.runtime.policies[(spec.name, "")]
         self.pool = origin_pool(conn.ctx)
@@ -217,6 +222,9 @@ class HttpForward:
         self._arm(self.head_start + sniff)
         if initial:
             self._client_data(initial)
+        if self.client.tls is not None and not self.done:
+            self._on_client_readable()  # the handshake's last flight may have carried a request
+            return
         if not self.done:
             self._pump()
 
@@ -332,6 +340,10 @@ class HttpForward:
             record = HttpRecord(
                 conn.session, head.method, head.target.decode("latin-1"), head.version, _now()
             )
+            if self.origin is not None:
+                record.intercepted = True
+                if self.har is not None:
+                    record.request_headers = head.fields
         ex = Exchange(head, record)
         self.active = ex
         self.last = _now()
@@ -675,6 +687,9 @@ class HttpForward:
         if record is not None:
             record.status = status
             record.head_s = _now() - record.start_mono
+            if self.har is not None:
+                record.response_headers = resp.fields
+                record.status_text = resp.reason.decode("latin-1")
         if status == 101:
             if not request.upgrade:
                 self._upstream_failed(ex, "101 Switching Protocols to a request that asked for no upgrade")
@@ -850,6 +865,8 @@ class HttpForward:
         ctx = self.ctx
         ctx.access.write_request(record)
         ctx.stats.http_request(record)
+        if self.har is not None:
+            self.har.add(record)
 
     def _pump(self) -> None:
         """Send what is queued both ways, then bring the poller's interest up to date."""

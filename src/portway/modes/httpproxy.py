@@ -24,6 +24,7 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
+from portway.config.units import format_hostport
 from portway.context import Context
 from portway.modes.httpforward import HttpForward
 from portway.modes.sni import http_response
@@ -31,10 +32,13 @@ from portway.modes.tcp import TcpConnection
 from portway.net.listener import Listener
 from portway.net.relay import Relay
 from portway.net.sniff import Sniff
-from portway.net.tlsrelay import Endpoint, TlsRelay
+from portway.net.tlsctx import CertError
+from portway.net.tlsrelay import Endpoint, Handshake, TlsRelay
+from portway.observe.har import HarWriter
 from portway.proto import NeedData, httphead, socks5
 from portway.route.auth import PROXY_AUTHENTICATE
 from portway.route.backend import Server
+from portway.route.intercept import Interception, refusal_detail
 from portway.termination import Reason
 
 log = logging.getLogger("portway.httpproxy")
@@ -55,6 +59,22 @@ def parse_first(data: bytearray) -> socks5.Greeting | object | NeedData:
 
 def _http_only(data: bytearray) -> object:
     return HTTP
+
+
+def har_writer(ctx: Context, path: str) -> HarWriter:
+    """The worker's HAR writer for ``path`` (with several workers, each writes its own file:
+    ``capture.har`` becomes ``capture.2.har`` for worker 2)."""
+    har = ctx.har.get(path)
+    if har is None:
+        target = path
+        if ctx.worker_count > 1:
+            stem, dot, ext = path.rpartition(".")
+            if dot and "/" not in ext:
+                target = f"{stem}.{ctx.worker_index}.{ext}"
+            else:
+                target = f"{path}.{ctx.worker_index}"
+        har = ctx.har[path] = HarWriter(target)
+    return har
 
 
 _SOCKS_FOR_REASON = {
@@ -212,11 +232,83 @@ class HttpProxyConnection(TcpConnection):
 
     def on_tunnel(self, host: str, port: int, rest: bytes, pending: bytes) -> None:
         """The engine passed on a checked ``CONNECT``: ``pending`` (answers not yet sent)
-        and then ``200 Connection established`` go to the client, ``rest`` to the server."""
+        and then ``200 Connection established`` go to the client, ``rest`` to the server
+        (or, when the destination is intercepted, into Portway's own TLS server)."""
         self.stage = None
+        interception = self.runtime.intercepts.get(self.spec.name)
+        if interception is not None and interception.should_intercept(host, self.ctx.loop.time()):
+            self._intercept(interception, host, port, rest, pending)
+            return
         self.greeting = pending + CONNECTED
         self.prefix = rest
         self._go(host, port)
+
+    # -- interception ----------------------------------------------------------------------
+    def _intercept(
+        self, interception: Interception, host: str, port: int, rest: bytes, pending: bytes
+    ) -> None:
+        """Answer the CONNECT, complete the client's TLS handshake with a certificate made for
+        ``host``, then serve the HTTP/1.1 inside with the engine, towards ``host:port`` over
+        verified TLS."""
+        try:
+            context = interception.ca.leaf_context(host, ["http/1.1"])
+        except (ValueError, CertError) as exc:
+            self._answer_http(502, f"cannot make a certificate for {host}: {exc}", Reason.INTERNAL_ERROR)
+            return
+        try:
+            self.sock.send(pending + CONNECTED)  # small, into an empty send buffer
+        except OSError as exc:
+            self._end(Reason.CLIENT_CLOSED, exc.strerror or type(exc).__name__)
+            return
+        client = Endpoint.wrap(self.sock, context, server_side=True, server_hostname=None)
+        if rest:
+            client.feed(rest)
+        self.client_ep = client
+        self.session.sni = format_hostport(host, port)
+        left = max(0.5, self.spec.sniff_timeout - (self.ctx.loop.time() - self.session.start_mono))
+        handshake = Handshake(
+            self.ctx.poller,
+            self.ctx.wheel,
+            client,
+            timeout=left,
+            client_side=True,
+            on_done=lambda: self._intercepted(interception, client, host, port),
+            on_error=lambda reason, detail: self._refused(interception, host, reason, detail),
+        )
+        self.stage = handshake
+        handshake.start()
+
+    def _intercepted(self, interception: Interception, client: Endpoint, host: str, port: int) -> None:
+        try:
+            session = self.session
+            session.tls_version, session.alpn = client.describe()
+            self.ctx.stats.handshake(session.listener, session.tls_version, session.alpn)
+            har = None
+            if interception.har is not None:
+                har = har_writer(self.ctx, interception.har)
+            engine = HttpForward(
+                self, client, origin=(host, port), origin_tls=interception.origin_context, har=har
+            )
+            self.stage = engine
+            engine.start(b"")
+        except Exception as exc:
+            self._crash(exc)
+
+    def _refused(self, interception: Interception, host: str, reason: Reason, detail: str) -> None:
+        """The client's handshake failed: if it refused the forged certificate (an alert, or a
+        close in the middle), say so clearly, and remember the host (``pinning``)."""
+        stage = self.stage
+        exc = stage.error if isinstance(stage, Handshake) else None
+        alert = refusal_detail(exc.reason) if exc is not None else None
+        if alert is None and reason is Reason.CLIENT_CLOSED:
+            alert = "closed the connection during the handshake"
+        if alert is not None:
+            passed = interception.client_refused(host, self.ctx.loop.time(), alert)
+            log.warning("%s", interception.describe_refusal(host, alert, passed))
+            detail = f"the client refused the intercepting certificate for {host}: {alert}"
+            reason = Reason.TLS_HANDSHAKE_FAILED
+        self.stage = None
+        self._end(reason, detail)
 
     def on_upgraded(self, client: Endpoint, server: Endpoint, to_client: bytes, to_server: bytes) -> None:
         """The origin answered ``101``: relay both ways from here (the engine unregistered

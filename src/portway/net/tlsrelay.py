@@ -249,6 +249,7 @@ class Handshake:
         "client_side",
         "done",
         "endpoint",
+        "error",
         "on_done",
         "on_error",
         "poller",
@@ -281,6 +282,9 @@ class Handshake:
         self.reading = False
         self.writing = False
         self.done = False
+        #: The TLS error that failed the handshake, if that is how it failed (its ``reason``
+        #: tells, e.g., which alert the peer sent).
+        self.error: ssl.SSLError | None = None
 
     def start(self) -> None:
         """Arm the deadline and take the first step (bytes fed earlier are used at once)."""
@@ -308,6 +312,7 @@ class Handshake:
             except OSError:
                 pass
             reason = Reason.TLS_HANDSHAKE_FAILED if self.client_side else Reason.SERVER_TLS_FAILED
+            self.error = exc
             self._fail(reason, describe_error(exc))
             return
         ep._collect()
