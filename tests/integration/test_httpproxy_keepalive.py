@@ -194,14 +194,6 @@ def test_read_until_close_answers_arrive_whole(proxy: Proxy, kind: str) -> None:
         conn.close()
 
 
-RECYCLED_CLOSE = (
-    "bug since 7bdf867: MessageReader.recycle() keeps an llhttp request parser whose last "
-    "message asked to close (Connection: close, or HTTP/1.0), and the next client connection "
-    "that gets it is answered 400 'Data after `Connection: close`'"
-)
-
-
-@pytest.mark.xfail(reason=RECYCLED_CLOSE, strict=False)
 def test_clients_that_ask_to_close_are_served_one_after_another(proxy: Proxy) -> None:
     """New connections one after another, some asking to close (``Connection: close``, or
     HTTP/1.0 without keep-alive): each is answered, and the proxy closes those that asked."""

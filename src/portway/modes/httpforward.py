@@ -229,9 +229,11 @@ class HttpForward:
             self._pump()
 
     def _on_client_readable(self) -> None:
+        if self.done:
+            return
         try:
             client = self.client
-            for _ in range(4):
+            while True:  # (until empty: with TLS, bytes left in OpenSSL raise no event)
                 try:
                     data = client.read()
                 except BlockingIOError:
@@ -615,12 +617,12 @@ class HttpForward:
     def _on_upstream_readable(self) -> None:
         try:
             ex = self.active
-            if ex is None or ex.up is None:
+            if ex is None or ex.up is None or self.done:
                 return
             up = ex.up
             reader = ex.reader
             assert reader is not None
-            for _ in range(4):
+            while True:  # (until empty: with TLS, bytes left in OpenSSL raise no event)
                 try:
                     data = up.read()
                 except BlockingIOError:
@@ -644,8 +646,12 @@ class HttpForward:
                         if not self.done:
                             self._pump()
                         return
-                if not up.more or len(self.client.out) >= HIGH_WATER:
+                if not up.more:
                     break
+                if len(self.client.out) >= HIGH_WATER:
+                    self._pump()  # the client may take it all at once: then read on
+                    if self.done or self.active is not ex or len(self.client.out) >= HIGH_WATER:
+                        return
             self._pump()
         except Exception as exc:
             self._crash(exc)
@@ -898,6 +904,8 @@ class HttpForward:
             self.c_read = want
             if want:
                 poller.add_reader(client.fd, self._on_client_readable)
+                if client.more and client.tls is not None:  # plaintext may wait in OpenSSL
+                    self.ctx.loop.call_soon(self._on_client_readable)
             else:
                 poller.remove_reader(client.fd)
         want = bool(client.out)
@@ -914,6 +922,8 @@ class HttpForward:
             self.u_read = want
             if want:
                 poller.add_reader(up.fd, self._on_upstream_readable)
+                if up.more and up.tls is not None:
+                    self.ctx.loop.call_soon(self._on_upstream_readable)
             else:
                 poller.remove_reader(up.fd)
         want = bool(up.out)

@@ -184,6 +184,8 @@ class MessageReader:
         if it is between messages, never after an error or an upgrade."""
         if not self._clean or self._cut_head or self._pending or self.leftover:
             return
+        if not self._head.keep_alive:
+            return  # llhttp remembers "Connection: close" and would refuse the next message
         if self._max_head != MAX_HEAD or self._max_fields != MAX_FIELDS:
             return
         free = _FREE[self._response]
