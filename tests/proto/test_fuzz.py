@@ -139,3 +139,165 @@ def test_clienthello_fast_path_agrees_with_the_strict_parser() -> None:
         fast_answers += 1
         assert clienthello._parse_body(body, length=1) == fast, body.hex()
     assert fast_answers > ROUNDS // 100
+
+
+# -- the HTTP/1 readers (portway.proto.http1) -------------------------------------------------
+# Streaming readers have their own contract: ``feed`` returns events or raises HttpError, and
+# nothing else; the events follow HEAD (BODY)* END, with UPGRADE only right after the END of an
+# upgrading head, and last; a body given a length has that length; and the same bytes fed in
+# other pieces give the same events (BODY pieces merged; UPGRADE bytes counted with whatever
+# was not fed after it) and the same error status. Seeds are fed unmutated first.
+from portway.proto import http1  # noqa: E402
+
+HTTP1_REQUESTS = [
+    b"GET http://a.test/ HTTP/1.1\r\nHost: a.test\r\nUser-Agent: curl/8.5.0\r\nAccept: */*\r\n\r\n",
+    b"POST http://a.test/f HTTP/1.1\r\nHost: a.test\r\nContent-Length: 11\r\n\r\nhello world",
+    b"POST /up HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked\r\n\r\n"
+    b"5;name=value\r\nhello\r\n6\r\n world\r\n0\r\nX-Checksum: abc\r\n\r\n",
+    b"GET http://a.test/old HTTP/1.0\r\nUser-Agent: Wget/1.21\r\nConnection: keep-alive\r\n\r\n",
+    b"CONNECT a.test:443 HTTP/1.1\r\nHost: a.test:443\r\n\r\n\x16\x03\x01\x00\x05hello",
+    b"GET /chat HTTP/1.1\r\nHost: a.test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n\x81\x00",
+    b"HEAD / HTTP/1.1\r\nHost: a.test\r\n\r\nGET /2 HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n",
+]
+HTTP1_RESPONSES = [
+    b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n\r\nhello",
+    b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok",
+    b'HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\nHTTP/1.1 304 Not Modified\r\nETag: "x"\r\n\r\n',
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3;x=y\r\nabc\r\n0\r\nX-Sum: 1\r\n\r\n",
+    b"HTTP/1.0 200 OK\r\nServer: old\r\n\r\nread until the connection closes",
+    b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n\x81\x02hi",
+]
+_HTTP1_LIMITS = {"max_head": 512, "max_fields": 16}  # small, so mutations reach them
+
+
+class _Http1Grammar:
+    """Checks a reader's events as they come, across feeds."""
+
+    def __init__(self, *, response: bool, cut: bool) -> None:
+        self.response = response
+        self.cut = cut  # expect_no_body(): the final answer ends with its head
+        self.head: http1.Head | None = None  # the message in progress
+        self.last: http1.Head | None = None  # the latest head
+        self.body = 0
+        self.upgraded = False
+        self.ends = 0
+
+    def check(self, events: list[tuple[int, object]]) -> None:
+        for kind, value in events:
+            assert not self.upgraded, "an event after UPGRADE"
+            if kind == http1.HEAD:
+                assert self.head is None, "HEAD inside a message"
+                assert isinstance(value, http1.Head)
+                self._check_head(value)
+                self.head = self.last = value
+                self.body = 0
+            elif kind == http1.BODY:
+                assert self.head is not None, "BODY outside a message"
+                assert isinstance(value, bytes) and value
+                self.body += len(value)
+            elif kind == http1.END:
+                head = self.head
+                assert head is not None and value is None, "END outside a message"
+                self._check_length(head)
+                self.head = None
+                self.ends += 1
+                if self.response and not 100 <= head.status < 200:
+                    self.cut = False  # (the reader cuts one answer only)
+            elif kind == http1.UPGRADE:
+                assert self.head is None and isinstance(value, bytes), "UPGRADE not after an END"
+                assert self.last is not None and self.last.upgrade, "UPGRADE after a plain message"
+                self.upgraded = True
+            else:
+                raise AssertionError(f"unknown event kind {kind!r}")
+
+    def _check_head(self, head: http1.Head) -> None:
+        if self.response:  # (llhttp takes any three digits: see test_http1's xfail on 001)
+            assert 0 <= head.status <= 999 and head.method == ""
+        else:  # (the target may be empty: llhttp reads "CONNECT \r\n" as HTTP/0.9)
+            assert head.method and head.status == 0
+        assert len(head.version) == 3 and head.version[1] == "."
+        assert head.length is None or head.length >= 0
+        assert not (head.chunked and head.length is not None)
+        assert len(head.fields) <= _HTTP1_LIMITS["max_fields"]
+        assert all(isinstance(n, bytes) and n and isinstance(v, bytes) for n, v in head.fields)
+
+    def _check_length(self, head: http1.Head) -> None:
+        if head.upgrade and not self.response:
+            return  # the body of an upgrade request: see test_http1's xfail on it
+        if self.response and (self.cut or 100 <= head.status < 200 or head.status in (204, 304)):
+            if head.status in (100, 102, 103, 204, 304) or (self.cut and head.status >= 200):
+                assert self.body == 0, (head.status, self.body)
+            # (other 1xx codes get a body from llhttp: see test_http1's xfail on 104)
+            return
+        if head.length is not None:
+            assert self.body == head.length, (head.length, self.body)
+        elif not head.chunked and not self.response:
+            assert self.body == 0
+
+
+def _http1_outcome(data: bytes, cuts: list[int], *, response: bool, cut: bool) -> tuple[object, ...]:
+    """Feed ``data`` in pieces; ("error", status) or ("events", merged events, partial, ENDs)."""
+    reader = http1.MessageReader(response=response, **_HTTP1_LIMITS)
+    if cut:
+        reader.expect_no_body()
+    grammar = _Http1Grammar(response=response, cut=cut)
+    bounds = [0, *sorted(set(cuts)), len(data)]
+    merged: list[tuple[int, object]] = []
+    for i in range(len(bounds) - 1):
+        try:
+            events = reader.feed(data[bounds[i] : bounds[i + 1]])
+        except http1.HttpError as exc:
+            assert str(exc) and 400 <= exc.status <= 599, data.hex()
+            return ("error", exc.status)
+        grammar.check(events)
+        for kind, value in events:
+            if kind == http1.HEAD:
+                assert isinstance(value, http1.Head)
+                merged.append((kind, (value.method, value.target, value.status, tuple(value.fields))))
+            elif kind == http1.BODY and merged and merged[-1][0] == http1.BODY:
+                merged[-1] = (kind, merged[-1][1] + value)  # type: ignore[operator]
+            else:
+                merged.append((kind, value))
+        if grammar.upgraded:  # what was not fed belongs to the new protocol too
+            merged[-1] = (http1.UPGRADE, merged[-1][1] + data[bounds[i + 1] :])  # type: ignore[operator]
+            break
+    return ("events", merged, reader.partial, grammar.ends)
+
+
+def _run_http1(*, response: bool, cut: bool, seeds: list[bytes], seed: int) -> int:
+    rng = random.Random(seed)
+    ended = 0
+    for n in range(len(seeds) + ROUNDS):
+        data = seeds[n] if n < len(seeds) else _mutate(rng, seeds)
+        whole = _http1_outcome(data, [], response=response, cut=cut)
+        if whole[0] == "events" and whole[3]:
+            ended += 1
+        if cut:
+            continue  # bytes after a cut answer are the caller's (leftover): no split rule
+        if len(data) < 2:
+            continue
+        # non-empty pieces (an empty feed inside a body: see test_http1's xfail on it)
+        cuts = [rng.randint(1, len(data) - 1) for _ in range(rng.randint(1, 3))]
+        assert _http1_outcome(data, cuts, response=response, cut=cut) == whole, (data.hex(), cuts)
+    return ended
+
+
+def test_http1_request_reader_under_mutation() -> None:
+    ended = _run_http1(response=False, cut=False, seeds=HTTP1_REQUESTS, seed=11)
+    assert ended > ROUNDS // 100  # the mutations still reach complete messages
+
+
+def test_http1_response_reader_under_mutation() -> None:
+    ended = _run_http1(response=True, cut=False, seeds=HTTP1_RESPONSES, seed=12)
+    assert ended > ROUNDS // 100
+
+
+@pytest.mark.xfail(
+    reason="after expect_no_body(), a 101 answer makes feed() raise httptools.HttpParserUpgrade, "
+    "not HttpError (the 101 seed triggers it); also known there: an empty line is taken for a "
+    "head (END without HEAD), and a 104-199 answer gets no END (see test_http1)",
+    strict=True,
+)
+def test_http1_response_reader_answering_head_under_mutation() -> None:
+    ended = _run_http1(response=True, cut=True, seeds=HTTP1_RESPONSES, seed=13)
+    assert ended > ROUNDS // 100
