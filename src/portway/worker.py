@@ -252,6 +252,10 @@ class Worker:
                 self.runtime.stop_health_checks()
             if ctx.origins is not None:
                 ctx.origins.close()
+            for conn in list(ctx.live.values()):
+                drain = getattr(conn, "drain", None)
+                if drain is not None:  # HTTP keep-alive: do not wait for idle clients
+                    drain()
             if ctx.live:
                 log.info("draining %d connections (up to %gs)", len(ctx.live), timeout)
         deadline = ctx.loop.time() + timeout

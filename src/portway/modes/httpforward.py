@@ -1044,6 +1044,19 @@ class HttpForward:
             poller.remove_writer(self.client.fd)
         self.c_read = self.c_write = False
 
+    def drain(self) -> None:
+        """The worker is stopping: close now if idle between requests, else after the answer
+        in progress (which then says ``Connection: close``)."""
+        if self.done or self.lingering:
+            return
+        ex = self.active
+        if ex is None and not self.queue and not self.reader.partial:
+            self._end(Reason.SHUTDOWN, "idle keep-alive connection closed for the drain")
+            return
+        if ex is not None:
+            ex.close_after = True
+        self.closing = True
+
     def _stop_pending(self) -> None:
         """Cancel authentication, resolution, a dial or a TLS handshake under way."""
         if self.task is not None:

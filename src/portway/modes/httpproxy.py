@@ -345,6 +345,12 @@ class HttpProxyConnection(TcpConnection):
         self.stage = relay
         relay.start()
 
+    def drain(self) -> None:
+        """The worker is stopping: an HTTP connection idle between requests ends now, one in
+        the middle of a request after its answer; tunnels and SOCKS5 relays run on."""
+        if isinstance(self.stage, HttpForward):
+            self.stage.drain()
+
     def http_done(self, reason: Reason, detail: str) -> None:
         """The engine ended the connection (it has released everything but the client)."""
         self.stage = None
