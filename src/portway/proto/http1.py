@@ -137,6 +137,7 @@ class MessageReader:
         "_clean",
         "_cut_head",
         "_events",
+        "_fed_head",
         "_head",
         "_head_size",
         "_in_message",
@@ -159,6 +160,7 @@ class MessageReader:
         self._events: list[Event] = []
         self._head = Head()
         self._head_size = 0
+        self._fed_head = 0
         #: A message has begun and its head is not complete yet (a deadline applies).
         self.partial = False
         self._cut_head = False
@@ -199,11 +201,15 @@ class MessageReader:
     def feed(self, data: bytes) -> list[Event]:
         """Parse ``data``; the events it completed. Raises :class:`HttpError`."""
         events: list[Event] = []
+        if not data:
+            return events
         self._events = events
         self._clean = False  # until the message in progress is complete
         if self._cut_head:
             self._feed_cut(data)
             return events
+        was_partial = self.partial
+        bad = 502 if self._response else 400
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -213,10 +219,16 @@ class MessageReader:
             cause = exc.__context__
             if isinstance(cause, HttpError):
                 raise cause from None
-            raise HttpError(400, f"bad HTTP: {exc}") from cause
+            raise HttpError(bad, f"bad HTTP: {exc}") from cause
         except httptools.HttpParserError as exc:
             what = "response" if self._response else "request"
-            raise HttpError(400, f"bad HTTP {what}: {exc}") from None
+            raise HttpError(bad, f"bad HTTP {what}: {exc}") from None
+        if self.partial:
+            # llhttp holds a field that is still arriving without calling back: count what
+            # was fed since the head began, so that one endless field cannot grow forever.
+            self._fed_head = (self._fed_head if was_partial else 0) + len(data)
+            if self._fed_head > self._max_head:
+                raise HttpError(431 if not self._response else 502, f"head over {self._max_head} bytes")
         self._clean = not self._in_message
         return events
 
@@ -228,6 +240,11 @@ class MessageReader:
     def _feed_cut(self, data: bytes) -> None:
         buf = self._pending + data
         while self._cut_head and buf:
+            stripped = buf.lstrip(b"\r\n")  # empty lines before a message are ignored (RFC 9112 §2.2)
+            if not stripped:
+                self._pending = buf[-2:]
+                return
+            buf = stripped
             end = buf.find(b"\r\n\r\n")
             if end < 0:
                 if len(buf) > self._max_head:
@@ -239,6 +256,8 @@ class MessageReader:
             self._parser = parser  # (the callbacks ask it for the status and version)
             try:
                 parser.feed_data(head)
+            except httptools.HttpParserUpgrade:
+                raise HttpError(502, "a 101 answer to a HEAD request") from None
             except httptools.HttpParserCallbackError as exc:
                 cause = exc.__context__
                 if isinstance(cause, HttpError):
@@ -305,7 +324,13 @@ class MessageReader:
         head.upgrade = parser.should_upgrade()
         if self._response:
             assert isinstance(parser, httptools.HttpResponseParser)
-            head.status = parser.get_status_code()
+            head.status = status = parser.get_status_code()
+            if status < 100:
+                raise HttpError(502, f"status {status} (below 100)")
+            if 103 < status < 200:
+                # llhttp would read a body after an interim answer it does not know: refuse
+                # rather than pass unframed bytes on.
+                raise HttpError(502, f"unsupported interim status {status}")
         else:
             assert isinstance(parser, httptools.HttpRequestParser)
             head.method = parser.get_method().decode("ascii")
@@ -321,6 +346,10 @@ class MessageReader:
                     # RFC 9112 §6.1: such a message is faulty (an HTTP/1.0 hop would not
                     # understand the framing): refuse it rather than guess.
                     raise HttpError(400, "Transfer-Encoding in an HTTP/1.0 request")
+        if head.upgrade and (head.chunked or head.length) and not self._response:
+            # llhttp hands over right after the head of an upgrade (or CONNECT) request, so a
+            # body would be taken for the new protocol's first bytes.
+            raise HttpError(400, "a body on an upgrade or CONNECT request is not supported")
         self._events.append((HEAD, head))
 
     def on_body(self, body: bytes) -> None:

@@ -35,6 +35,9 @@ _REQUEST_HOP = frozenset(
         b"x-forwarded-for",
     }
 )
+#: Fields a ``Connection`` header may name but that are never dropped for it: removing the
+#: framing of a body the proxy passes on would let its bytes be read as the next message.
+_FRAMING = frozenset({b"content-length", b"transfer-encoding", b"host"})
 #: Response fields that never go to the client (``transfer-encoding`` is decided per answer).
 _RESPONSE_HOP = frozenset(
     {
@@ -55,7 +58,7 @@ def request_head(
 ) -> bytes:
     """The head sent to the origin: origin-form target, ``Host`` from the URL, hop-by-hop
     fields removed, ``Via`` (and ``X-Forwarded-For`` when ``client_ip`` is given) appended."""
-    drop = _REQUEST_HOP | head.connection if head.connection else _REQUEST_HOP
+    drop = _REQUEST_HOP | (head.connection - _FRAMING) if head.connection else _REQUEST_HOP
     out = [b"%s %s HTTP/1.1\r\nHost: %s\r\n" % (head.method.encode(), path, authority)]
     via: list[bytes] = []
     xff: list[bytes] = []
@@ -83,7 +86,7 @@ def request_head(
 def response_head(head: Head, *, te: bytes | None, close: bool, keep_alive_10: bool, upgrade: bool) -> bytes:
     """The head sent to the client: hop-by-hop fields removed, ``Transfer-Encoding: te``
     when the proxy chunks the body, ``Via`` appended, and the ``Connection`` it means."""
-    drop = _RESPONSE_HOP | head.connection if head.connection else _RESPONSE_HOP
+    drop = _RESPONSE_HOP | (head.connection - _FRAMING) if head.connection else _RESPONSE_HOP
     out = [b"HTTP/1.1 %d %s\r\n" % (head.status, head.reason)]
     via: list[bytes] = []
     for name, value in head.fields:
@@ -117,11 +120,11 @@ def split_authority(authority: bytes, default_port: int) -> tuple[str, int] | No
         port_text = rest[1:]
     else:
         host, _, port_text = text.rpartition(":") if ":" in text else (text, "", "")
-    if not host or any(c in host for c in " /?#@\\"):
+    if not host or any(c in host for c in " /?#@\\[]") or (":" in host and not text.startswith("[")):
         return None
     if not port_text:
         return host, default_port
-    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+    if not (port_text.isascii() and port_text.isdigit()) or not 0 < int(port_text) < 65536:
         return None
     return host, int(port_text)
 
@@ -155,6 +158,8 @@ def absolute_target(target: bytes) -> Target | str:
         return "this is a forward proxy: send an absolute URI (GET http://host/path) or CONNECT"
     if url.userinfo:
         return "credentials in the URL are not forwarded"
+    if url.port == 0:
+        return "port 0 in the request target"
     host = url.host.decode("latin-1")
     port = url.port or 80
     path = url.path or b"/"
