@@ -221,8 +221,8 @@ class Portway(Proxy):
     )
     forward_description = (
         'Portway mode = "http-proxy", workers = 1, allow = ["127.0.0.1:ORIGIN_PORT"], connect_ports = '
-        "[ORIGIN_PORT], no users_file, socks5 on (default), admin and access log off (one plain-HTTP "
-        "request per client connection in this version)"
+        "[ORIGIN_PORT], no users_file, socks5 on (default), admin and access log off (keep-alive "
+        "clients, origin connections pooled per worker, every request parsed by llhttp and routed)"
     )
 
     def __init__(self, ctx: Context) -> None:

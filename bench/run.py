@@ -153,8 +153,8 @@ gw-bulk: one transfer of --gw-bulk-mib each way.
 fwd-*: forward proxies (portway mode = "http-proxy", squid, tinyproxy, proxy.py, pproxy,
 mitmdump; the Python ones from bench/.peers-venv, skipped with a note when missing) in front of
 an nginx origin, the only destination they allow. fwd-new: ab -X (absolute-form HTTP/1.0, a
-new client connection per request); fwd-keepalive: ab -k -X (Portway closes after each
-response in this version: ab reconnects);
+new client connection per request); fwd-keepalive: ab -k -X (keep-alive clients; a proxy that
+closes anyway makes ab reconnect);
 fwd-connect: bench/proxyload.py, --wrk-connections concurrent CONNECT tunnels, each carrying
 one HTTP GET. Ratios against squid and tinyproxy.""",
     )

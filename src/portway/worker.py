@@ -82,6 +82,7 @@ class Worker:
             await control.send(writer, {"op": "fatal", "message": str(exc)})
             return 3
         loop.add_signal_handler(signal.SIGTERM, self._on_sigterm)
+        _tune_gc()
         self._schedule_flush()
         await control.send(writer, {"op": "ready", "pid": os.getpid(), "generation": self.generation})
         while True:
@@ -276,6 +277,20 @@ class Worker:
 def config_drain(runtime: Runtime | None) -> float:
     """The drain timeout of the running config (default 30 s before any config)."""
     return runtime.config.drain_timeout if runtime is not None else 30.0
+
+
+#: Allocations (minus frees) between two young-generation collections. Every connection makes
+#: a few dozen short-lived objects, most freed by reference counting; the default (700) ran a
+#: collection every few connections, about 3 % of a busy worker's time.
+GC_THRESHOLD = (20_000, 20, 20)
+
+
+def _tune_gc() -> None:
+    """Move everything made at startup (modules, config, runtime) out of the collector's way
+    and collect the young generation less often (see :data:`GC_THRESHOLD`)."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLD)
 
 
 def _raise_nofile_limit() -> None:

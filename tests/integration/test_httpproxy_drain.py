@@ -39,3 +39,27 @@ def test_sigterm_closes_idle_keepalive_clients_without_waiting(tmp_path: Path, l
     finally:
         pw.stop()
         origin.backend.close()
+
+
+def test_a_reload_applies_to_the_next_request_of_an_open_connection(tmp_path: Path, lt: LoopThread) -> None:
+    origin = HttpOrigin(lt)
+    port = free_port()
+    pw = Portway(tmp_path, http_proxy_config(port, [f"127.0.0.1:{origin.port}"])).start()
+    try:
+        url = f"http://127.0.0.1:{origin.port}/cl/reload?size=100"
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as c:
+            f = c.makefile("rb")
+            c.sendall(f"GET {url} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            assert read_response(f).status == 200
+            # The rule that allowed the origin is gone from the new configuration.
+            pw.path.write_text(http_proxy_config(port, ["192.0.2.1:80"]))
+            n = len(pw.log)
+            pw.signal(signal.SIGHUP)
+            pw.wait_for(r"reloaded .*generation 2", start=n)
+            c.sendall(f"GET {url} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            refused = read_response(f)
+            assert refused.status == 403 and b"destination refused" in refused.body
+        assert origin.accepted == 1  # the second request never reached it
+    finally:
+        pw.stop()
+        origin.backend.close()

@@ -428,11 +428,6 @@ def test_answer_to_head_that_is_a_101_is_an_upgrade_or_an_http_error() -> None:
     assert events[-1] == (UPGRADE, b"xyz")
 
 
-@pytest.mark.xfail(
-    reason="after expect_no_body(), a response head still incomplete leaves .partial False "
-    "(the bytes wait in _pending and no parser has seen them)",
-    strict=True,
-)
 def test_partial_while_an_answer_to_head_is_incomplete() -> None:
     reader = MessageReader(response=True)
     reader.expect_no_body()
@@ -680,12 +675,6 @@ def test_a_reader_between_messages_is_recycled_and_reads_the_next_connection(
     assert free_lists[True] == [responses] and free_lists[False] == []
 
 
-def _upgraded() -> MessageReader:
-    reader = MessageReader(response=False)
-    reader.feed(b"CONNECT a.test:443 HTTP/1.1\r\n\r\n\x16")
-    return reader
-
-
 def _failed() -> MessageReader:
     reader = MessageReader(response=False)
     with pytest.raises(HttpError):
@@ -704,7 +693,6 @@ def _fed(data: bytes, *, response: bool = False, cut: bool = False, **limits: in
 @pytest.mark.parametrize(
     "make",
     [
-        pytest.param(_upgraded, id="after-upgrade"),
         pytest.param(_failed, id="after-error"),
         pytest.param(lambda: _fed(GET[:10]), id="partial-head"),
         pytest.param(lambda: _fed(POST_CL[:-3]), id="mid-body"),
@@ -722,6 +710,31 @@ def test_a_reader_not_between_messages_is_not_recycled(
     reader = make()
     reader.recycle()
     assert free_lists == {False: [], True: []}
+
+
+@pytest.mark.parametrize(
+    "first",
+    [
+        b"CONNECT a.test:443 HTTP/1.1\r\nHost: a.test:443\r\n\r\n\x16\x03\x01",
+        b"GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\nframe",
+    ],
+    ids=["connect", "websocket"],
+)
+def test_a_reader_after_an_upgrade_serves_the_next_connection_afresh(
+    first: bytes, free_lists: dict[bool, list[MessageReader]]
+) -> None:
+    """llhttp resumes after an upgrade at the next message: the reader is recycled, and its
+    next message has flags of its own (no upgrade, its own keep-alive)."""
+    reader = MessageReader(response=False)
+    assert kinds(reader.feed(first)) == [HEAD, END, UPGRADE]
+    reader.recycle()
+    assert free_lists[False] == [reader]
+    again = MessageReader.fresh(response=False)
+    assert again is reader
+    events = again.feed(b"POST http://b/ HTTP/1.1\r\nHost: b\r\nContent-Length: 2\r\n\r\nab")
+    assert summary(events)[1:] == [(BODY, b"ab"), (END, None)]
+    head = heads(events)[0]
+    assert (head.method, head.upgrade, head.keep_alive, head.length) == ("POST", False, True, 2)
 
 
 def test_free_list_is_bounded(free_lists: dict[bool, list[MessageReader]]) -> None:

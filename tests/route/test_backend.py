@@ -600,3 +600,20 @@ def test_pick_returns_only_eligible_servers(case: tuple[Pool, list[Server], floa
                 assert picked in backups
             else:
                 assert picked is None
+
+
+def test_single_pool_picks_its_server_like_a_configured_one() -> None:
+    """Pool.single (one per client-chosen destination) behaves as Pool(name, [server])."""
+    server = Server("dest", "192.0.2.1", 443)
+    pool = Pool.single("http-proxy:proxy", server)
+    reference = Pool("http-proxy:proxy", [Server("dest", "192.0.2.1", 443)])
+    assert (pool.name, pool.balance, [s.name for s in pool.servers]) == (
+        reference.name,
+        reference.balance,
+        [s.name for s in reference.servers],
+    )
+    assert pool.pick("198.51.100.1", 0.0) is server
+    assert pool.pick("198.51.100.1", 0.0, exclude=[server]) is None
+    server.health.ejected_until = 10.0
+    assert pool.pick("198.51.100.1", 5.0) is None  # ejected, as in any pool
+    assert pool.pick("198.51.100.1", 11.0) is server

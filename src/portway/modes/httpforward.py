@@ -45,6 +45,7 @@ import socket
 import ssl
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from portway.config.units import format_hostport
@@ -59,13 +60,14 @@ from portway.observe.httplog import HttpRecord
 from portway.proto import http1
 from portway.proto.http1 import BODY, END, HEAD, UPGRADE, Head, HttpError
 from portway.proto.httprewrite import Target, absolute_target, request_head, response_head, split_authority
-from portway.route.auth import PROXY_AUTHENTICATE, parse_basic
+from portway.route.auth import PROXY_AUTHENTICATE, Credentials, parse_basic
 from portway.route.backend import Pool, Server
 from portway.termination import Reason
 
 if TYPE_CHECKING:
     from portway.context import Context
     from portway.modes.httpproxy import HttpProxyConnection
+    from portway.runtime import Runtime
 
 log = logging.getLogger("portway.httpproxy")
 
@@ -77,6 +79,32 @@ KEEPALIVE_LIMIT = 120.0
 PIPELINE_LIMIT = 32
 #: How long the client's late bytes are drained after a closing answer.
 LINGER = 2.0
+
+
+def connect_target(head: Head, ports: tuple[tuple[int, int], ...]) -> tuple[str, int] | tuple[int, str]:
+    """``(host, port)`` of a ``CONNECT`` head whose port is in ``ports``, else ``(status,
+    message)`` of the refusal."""
+    where = split_authority(head.target, 0)
+    if where is None or where[1] == 0:
+        return 400, "CONNECT needs host:port"
+    port = where[1]
+    if not any(low <= port <= high for low, high in ports):
+        allowed = ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in ports)
+        return 403, f"CONNECT to port {port} is not allowed (connect_ports: {allowed})"
+    return where
+
+
+def authorized(users: Credentials | None, head: Head) -> str | bool | None:
+    """Whether ``head`` may go on: True without users, the user name when its credentials
+    are right (known from the cache), False when they are missing or malformed (``407``),
+    None when they must be checked the slow way (bcrypt)."""
+    if users is None:
+        return True
+    value = head.get(b"proxy-authorization")
+    creds = parse_basic(value.decode("latin-1")) if value is not None else None
+    if creds is None:
+        return False
+    return creds[0] if users.verify_cached(*creds) else None
 
 
 # -- one request ---------------------------------------------------------------------------
@@ -163,6 +191,7 @@ class HttpForward:
         "pool",
         "queue",
         "reader",
+        "runtime",
         "shake",
         "spec",
         "task",
@@ -192,8 +221,9 @@ class HttpForward:
         self.origin_tls = origin_tls
         #: Where intercepted requests are also recorded (with their heads), if anywhere.
         self.har = har
-        self.users = conn.runtime.users.get(spec.name)
+        self.runtime = conn.runtime
         self.policy = conn.runtime.policies[(spec.name, "")]
+        self.users = conn.runtime.users.get(spec.name)
         self.pool = origin_pool(conn.ctx)
         self.reader = http1.MessageReader.fresh(response=False)
         self.queue: deque[http1.Event] = deque()
@@ -214,6 +244,17 @@ class HttpForward:
         #: How the connection ends after a closing answer (once the answer is out).
         self.end_reason = Reason.CLIENT_CLOSED
         self.end_detail = ""
+
+    def _rules(self, runtime: Runtime) -> None:
+        """Take the users and destination rules of ``runtime`` (at the start, and for each
+        request after a reload, so a keep-alive client cannot outlive a tightened rule)."""
+        name = self.conn.spec.name
+        self.runtime = runtime
+        policy = runtime.policies.get((name, ""))
+        if policy is None:
+            return  # the listener left the configuration: its connections keep the old rules
+        self.policy = policy
+        self.users = runtime.users.get(name)
 
     # -- the client side ------------------------------------------------------------------
     def start(self, initial: bytes) -> None:
@@ -346,22 +387,25 @@ class HttpForward:
                 record.intercepted = True
                 if self.har is not None:
                     record.request_headers = head.fields
+        runtime = conn.listener.runtime
+        if runtime is not self.runtime:  # reloaded: the next request follows the new rules
+            self._rules(runtime)
         ex = Exchange(head, record)
         self.active = ex
         self.last = _now()
         self._arm(self.last + (self.idle_timeout or KEEPALIVE_LIMIT))
-        users = self.users
-        if users is not None:
+        verdict = authorized(self.users, head)
+        if verdict is False:
+            self._refuse(407, "proxy authentication required", Reason.REFUSED_BY_RULE)
+            return
+        if verdict is None:  # credentials not seen yet: bcrypt, in a thread
             value = head.get(b"proxy-authorization")
             creds = parse_basic(value.decode("latin-1")) if value is not None else None
-            if creds is None:
-                self._refuse(407, "proxy authentication required", Reason.REFUSED_BY_RULE)
-                return
-            user, password = creds
-            if not users.verify_cached(user, password):
-                self.task = self.ctx.loop.create_task(self._verify(ex, user, password))
-                return
-            conn.session.route = user
+            assert creds is not None
+            self.task = self.ctx.loop.create_task(self._verify(ex, *creds))
+            return
+        if isinstance(verdict, str):
+            conn.session.route = verdict
         self._route(ex)
 
     async def _verify(self, ex: Exchange, user: str, password: str) -> None:
@@ -430,20 +474,15 @@ class HttpForward:
         if self.origin is not None:
             self._refuse(405, "CONNECT inside an intercepted connection", Reason.PROTOCOL_ERROR)
             return
-        where = split_authority(ex.head.target, 0)
-        if where is None or where[1] == 0:
-            self._refuse(400, "CONNECT needs host:port", Reason.PROTOCOL_ERROR)
+        where = connect_target(ex.head, self.spec.connect_ports)
+        if isinstance(where[0], int):
+            status, message = where
+            assert isinstance(status, int) and isinstance(message, str)
+            reason = Reason.REFUSED_BY_RULE if status == 403 else Reason.PROTOCOL_ERROR
+            self._refuse(status, message, reason)
             return
         host, port = where
-        ports = self.spec.connect_ports
-        if not any(low <= port <= high for low, high in ports):
-            allowed = ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in ports)
-            self._refuse(
-                403,
-                f"CONNECT to port {port} is not allowed (connect_ports: {allowed})",
-                Reason.REFUSED_BY_RULE,
-            )
-            return
+        assert isinstance(host, str) and isinstance(port, int)
         # The tunnel starts after the head's END and UPGRADE events (the bytes after it).
         queue = self.queue
         rest = b""
@@ -495,7 +534,7 @@ class HttpForward:
             return
         server = Server(format_hostport(target.host, target.port), ip, target.port)
         server.sockaddr = (ip, target.port, 0, 0) if ":" in ip else (ip, target.port)
-        pool = Pool(f"http-proxy:{self.conn.spec.name}", [server])
+        pool = Pool.single(f"http-proxy:{self.conn.spec.name}", server)
         left = self.spec.retries if retries is None else retries
         started = _now()
 
@@ -897,42 +936,40 @@ class HttpForward:
         self._interest(up)
 
     def _interest(self, up: Endpoint | None) -> None:
-        poller = self.ctx.poller
         client = self.client
         want = not client.eof and self._want_client()
         if want != self.c_read:
             self.c_read = want
-            if want:
-                poller.add_reader(client.fd, self._on_client_readable)
-                if client.more and client.tls is not None:  # plaintext may wait in OpenSSL
-                    self.ctx.loop.call_soon(self._on_client_readable)
-            else:
-                poller.remove_reader(client.fd)
+            self._watch_read(client, want, self._on_client_readable)
         want = bool(client.out)
         if want != self.c_write:
             self.c_write = want
-            if want:
-                poller.add_writer(client.fd, self._on_client_writable)
-            else:
-                poller.remove_writer(client.fd)
+            self._watch_write(client, want, self._on_client_writable)
         if up is None:
             return
         want = len(client.out) < HIGH_WATER
         if want != self.u_read:
             self.u_read = want
-            if want:
-                poller.add_reader(up.fd, self._on_upstream_readable)
-                if up.more and up.tls is not None:
-                    self.ctx.loop.call_soon(self._on_upstream_readable)
-            else:
-                poller.remove_reader(up.fd)
+            self._watch_read(up, want, self._on_upstream_readable)
         want = bool(up.out)
         if want != self.u_write:
             self.u_write = want
-            if want:
-                poller.add_writer(up.fd, self._on_upstream_writable)
-            else:
-                poller.remove_writer(up.fd)
+            self._watch_write(up, want, self._on_upstream_writable)
+
+    def _watch_read(self, ep: Endpoint, want: bool, callback: Callable[[], None]) -> None:
+        poller = self.ctx.poller
+        if not want:
+            poller.remove_reader(ep.fd)
+            return
+        poller.add_reader(ep.fd, callback)
+        if ep.more and ep.tls is not None:  # plaintext may wait in OpenSSL: no event will say so
+            self.ctx.loop.call_soon(callback)
+
+    def _watch_write(self, ep: Endpoint, want: bool, callback: Callable[[], None]) -> None:
+        if want:
+            self.ctx.poller.add_writer(ep.fd, callback)
+        else:
+            self.ctx.poller.remove_writer(ep.fd)
 
     def _on_client_writable(self) -> None:
         try:

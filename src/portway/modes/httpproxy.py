@@ -26,7 +26,7 @@ from typing import Any
 
 from portway.config.units import format_hostport
 from portway.context import Context
-from portway.modes.httpforward import HttpForward
+from portway.modes.httpforward import HttpForward, authorized, connect_target
 from portway.modes.sni import http_response
 from portway.modes.tcp import TcpConnection
 from portway.net.listener import Listener
@@ -35,7 +35,7 @@ from portway.net.sniff import Sniff
 from portway.net.tlsctx import CertError
 from portway.net.tlsrelay import Endpoint, Handshake, TlsRelay
 from portway.observe.har import HarWriter
-from portway.proto import NeedData, httphead, socks5
+from portway.proto import NeedData, http1, httphead, socks5
 from portway.route.auth import PROXY_AUTHENTICATE
 from portway.route.backend import Server
 from portway.route.intercept import Interception, refusal_detail
@@ -226,9 +226,38 @@ class HttpProxyConnection(TcpConnection):
         stage = self.stage
         if isinstance(stage, Sniff):
             stage.cancel()
+        if initial.startswith(b"CONNECT ") and self._connect_at_once(initial):
+            return
         engine = HttpForward(self, Endpoint(self.sock))
         self.stage = engine
         engine.start(initial)
+
+    def _connect_at_once(self, data: bytes) -> bool:
+        """A whole ``CONNECT`` head in the first read, allowed at once: tunnel without setting
+        up the HTTP engine (the common case, and the one tunnels per second are made of).
+        False when anything needs the engine (an answer, a slow password check, more bytes)."""
+        reader = http1.MessageReader.fresh(response=False)
+        try:
+            events = reader.feed(data)
+        except http1.HttpError:
+            return False
+        if len(events) != 3 or events[2][0] != http1.UPGRADE:
+            return False
+        head = events[0][1]
+        assert isinstance(head, http1.Head)
+        spec = self.spec.http_proxy
+        assert spec is not None
+        user = authorized(self.runtime.users.get(self.spec.name), head)
+        where = connect_target(head, spec.connect_ports)
+        if not user or isinstance(where[0], int):
+            return False
+        reader.recycle()
+        if isinstance(user, str):
+            self.session.route = user
+        rest = events[2][1]
+        assert isinstance(rest, bytes) and isinstance(where[0], str) and isinstance(where[1], int)
+        self.on_tunnel(where[0], where[1], rest, b"")
+        return True
 
     def on_tunnel(self, host: str, port: int, rest: bytes, pending: bytes) -> None:
         """The engine passed on a checked ``CONNECT``: ``pending`` (answers not yet sent)

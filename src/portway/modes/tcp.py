@@ -297,7 +297,7 @@ class TcpConnection:
             return
         server = Server(format_hostport(host, port), ip, port)
         server.sockaddr = (ip, port, 0, 0) if ":" in ip else (ip, port)
-        self.pool = Pool(f"{self.spec.mode}:{self.spec.name}", [server])
+        self.pool = Pool.single(f"{self.spec.mode}:{self.spec.name}", server)
         self._dial_pool(self.pool, self.dial_timeout, 0, self.prefix)
 
     def _destination_refused(self, why: str) -> None:

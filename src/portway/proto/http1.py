@@ -183,7 +183,8 @@ class MessageReader:
 
     def recycle(self) -> None:
         """Give the reader back once its connection is done with it: kept for another one only
-        if it is between messages, never after an error or an upgrade."""
+        if it is between messages (also after a CONNECT or an upgrade: llhttp resumes at the
+        next message), never after an error or a message that asked to close."""
         if not self._clean or self._cut_head or self._pending or self.leftover:
             return
         if not self._head.keep_alive:
@@ -214,7 +215,10 @@ class MessageReader:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
             events.append((UPGRADE, data[exc.args[0] :]))
-            return events  # (never clean again: the stream is no longer HTTP)
+            # llhttp resumed after the upgrade at a message boundary: the parser could serve
+            # another connection (this one is no longer HTTP).
+            self._clean = not self._in_message
+            return events
         except httptools.HttpParserCallbackError as exc:
             cause = exc.__context__
             if isinstance(cause, HttpError):
@@ -250,6 +254,7 @@ class MessageReader:
                 if len(buf) > self._max_head:
                     raise HttpError(502, f"response head over {self._max_head} bytes")
                 self._pending = buf
+                self.partial = True  # (the head has begun; a deadline applies)
                 return
             head, buf = buf[: end + 4], buf[end + 4 :]
             main, parser = self._parser, httptools.HttpResponseParser(self)

@@ -14,6 +14,8 @@ Hop-by-hop fields (RFC 9110 §7.6.1) are ``Connection`` and every field it names
 
 from __future__ import annotations
 
+import re
+
 import httptools
 
 from portway.proto.http1 import Head
@@ -120,13 +122,16 @@ def split_authority(authority: bytes, default_port: int) -> tuple[str, int] | No
         port_text = rest[1:]
     else:
         host, _, port_text = text.rpartition(":") if ":" in text else (text, "", "")
-    if not host or any(c in host for c in " /?#@\\[]") or (":" in host and not text.startswith("[")):
+    if not host or _BAD_HOST.search(host) or (":" in host and not text.startswith("[")):
         return None
     if not port_text:
         return host, default_port
     if not (port_text.isascii() and port_text.isdigit()) or not 0 < int(port_text) < 65536:
         return None
     return host, int(port_text)
+
+
+_BAD_HOST = re.compile(r"[ /?#@\\\[\]]")
 
 
 class Target:

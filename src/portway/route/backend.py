@@ -35,6 +35,7 @@ __all__ = ["BALANCE_POLICIES", "VNODES_PER_WEIGHT", "Pool", "Server", "ServerHea
 
 BALANCE_POLICIES: Final = frozenset({"roundrobin", "leastconn", "random", "source"})
 """The accepted values of :attr:`Pool.balance`."""
+_PICKERS: Final = {p: f"_pick_{p}" for p in BALANCE_POLICIES}
 
 VNODES_PER_WEIGHT: Final = 160
 """Points a server gets on the ``source`` hash ring for each unit of weight."""
@@ -368,6 +369,23 @@ class Pool:
     balance: str
     """The balancing policy, one of :data:`BALANCE_POLICIES`."""
 
+    @classmethod
+    def single(cls, name: str, server: Server) -> Pool:
+        """A pool of one server, made without the checks a configured backend needs: the
+        modes that dial a destination the client chose (forward proxy, gateway, sni dial
+        routes) make one per connection."""
+        pool = cls.__new__(cls)
+        pool.name = name
+        pool.servers = (server,)
+        pool.balance = "roundrobin"
+        pool._tiers = ((0,), ())
+        pool._rng = _SHARED_RNG
+        pool._rr_current = [0]
+        pool._lc_start = [0, 0]
+        pool._rings = None
+        pool._pick_in = pool._pick_roundrobin
+        return pool
+
     def __init__(
         self,
         name: str,
@@ -406,13 +424,9 @@ class Pool:
                 _Ring([self.servers[i] for i in primaries]),
                 _Ring([self.servers[i] for i in backups]),
             )
-        policies: dict[str, Callable[[int, str, float, Collection[Server]], Server | None]] = {
-            "roundrobin": self._pick_roundrobin,
-            "leastconn": self._pick_leastconn,
-            "random": self._pick_random,
-            "source": self._pick_source,
-        }
-        self._pick_in = policies[balance]
+        self._pick_in: Callable[[int, str, float, Collection[Server]], Server | None] = getattr(
+            self, _PICKERS[balance]
+        )
 
     def pick(self, client_ip: str, now: float, exclude: Collection[Server] = ()) -> Server | None:
         """Choose a server for a new connection from ``client_ip`` at ``now``.
