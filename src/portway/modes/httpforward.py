@@ -246,8 +246,8 @@ class HttpForward:
         self.end_detail = ""
 
     def _rules(self, runtime: Runtime) -> None:
-        """Take the users and destination rules of ``runtime`` (at the start, and for each
-        request after a reload, so a keep-alive client cannot outlive a tightened rule)."""
+        """Take the users and destination rules of ``runtime`` (for the next request after a
+        reload, so that a keep-alive client cannot outlive a tightened rule)."""
         name = self.conn.spec.name
         self.runtime = runtime
         policy = runtime.policies.get((name, ""))

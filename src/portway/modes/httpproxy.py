@@ -35,7 +35,7 @@ from portway.net.sniff import Sniff
 from portway.net.tlsctx import CertError
 from portway.net.tlsrelay import Endpoint, Handshake, TlsRelay
 from portway.observe.har import HarWriter
-from portway.proto import NeedData, http1, httphead, socks5
+from portway.proto import NeedData, http1, socks5
 from portway.route.auth import PROXY_AUTHENTICATE
 from portway.route.backend import Server
 from portway.route.intercept import Interception, refusal_detail
@@ -43,7 +43,8 @@ from portway.termination import Reason
 
 log = logging.getLogger("portway.httpproxy")
 
-#: Largest request head (or SOCKS5 message) read before routing.
+#: Largest first read, and largest SOCKS5 message read before routing (HTTP heads are the
+#: engine's: see :data:`portway.proto.http1.MAX_HEAD`).
 HEAD_LIMIT = 65536
 CONNECTED = b"HTTP/1.1 200 Connection established\r\n\r\n"
 #: What the first read is taken for when it does not start a SOCKS5 greeting.
@@ -142,9 +143,7 @@ class HttpProxyConnection(TcpConnection):
 
     def _on_read_error(self, reason: Reason, detail: str) -> None:
         exc = getattr(self.stage, "error", None)
-        if isinstance(exc, httphead.HeadError):
-            self._answer_http(int(exc.hint or 400), str(exc), Reason.PROTOCOL_ERROR)
-        elif isinstance(exc, socks5.Socks5Error) and exc.reply is not None:
+        if isinstance(exc, socks5.Socks5Error) and exc.reply is not None:
             self._answer_and_end(socks5.reply(exc.reply), Reason.PROTOCOL_ERROR, str(exc))
         else:
             self._end(reason, detail)
