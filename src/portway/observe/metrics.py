@@ -166,23 +166,7 @@ CONNECT_BUCKETS: tuple[float, ...] = (
 )
 """Upper bounds (seconds) of the connect-duration histogram: dial start to connected."""
 
-HTTP_BUCKETS: tuple[float, ...] = (
-    0.001,
-    0.0025,
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-    5.0,
-    10.0,
-    30.0,
-    60.0,
-)
+HTTP_BUCKETS: tuple[float, ...] = (*SNIFF_BUCKETS, 30.0, 60.0)
 """Upper bounds (seconds) of the http-proxy request-duration histogram: request head read
 to response complete (long downloads land in the last buckets)."""
 
