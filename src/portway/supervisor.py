@@ -131,7 +131,10 @@ class Supervisor:
             for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self._signals.put_nowait, sig)
             self.workers = [WorkerHandle(i) for i in range(self.worker_count)]
-            await asyncio.gather(*(self._spawn(w) for w in self.workers))
+            results = await asyncio.gather(*(self._spawn(w) for w in self.workers), return_exceptions=True)
+            for result in results:  # every failure is retrieved; the first one is reported
+                if isinstance(result, BaseException):
+                    raise result
         except StartupError as exc:
             log.error("%s", exc)
             await self._shutdown(0.0)
@@ -267,7 +270,10 @@ class Supervisor:
             loop.create_task(self._read_worker(handle, reader)),
             loop.create_task(self._watch_worker(handle, proc)),
         ]
-        await control.send(writer, self._config_message())
+        try:
+            await control.send(writer, self._config_message())
+        except (ConnectionError, OSError):
+            pass  # the worker is already gone: its watcher says how, through handle.ready
         try:
             await asyncio.wait_for(asyncio.shield(handle.ready), START_TIMEOUT)
         except TimeoutError as exc:
