@@ -172,7 +172,7 @@ def test_head_accessors() -> None:
     assert isinstance(head, Head)
     assert head.get(b"x-two") == b"1"  # the first one
     assert head.get(b"x-none") is None
-    assert head.tokens(b"connection") == {b"keep-alive", b"x-a", b"x-b"}
+    assert head.connection == {b"keep-alive", b"x-a", b"x-b"}
     assert head.connection == {b"keep-alive", b"x-a", b"x-b"}
     (_, bare), _ = MessageReader(response=False).feed(b"GET / HTTP/1.1\r\nX-Connection: close\r\n\r\n")
     assert isinstance(bare, Head) and bare.connection == frozenset()

@@ -744,20 +744,14 @@ class HttpForward:
         te: bytes | None = None
         no_body = request.method == "HEAD" or status in (204, 304)
         if not no_body and resp.length is None:
-            if resp.chunked and client_11:
-                ex.chunk_out = True
-                te = b"chunked"
-            elif client_11:
-                ex.until_close = not resp.chunked
+            ex.until_close = not resp.chunked
+            if client_11:  # chunked to the client, whatever the origin's framing
                 ex.chunk_out = True
                 te = b"chunked"
             else:
-                ex.until_close = not resp.chunked
                 ex.close_after = True
-        if request.upgrade:
-            ex.close_after = True  # an upgrade that did not happen: the request side is done
-        if self.closing:
-            ex.close_after = True
+        if request.upgrade or self.closing:
+            ex.close_after = True  # (an upgrade that did not happen ends the request side)
         close = ex.close_after
         self._to_client(
             response_head(
@@ -778,7 +772,7 @@ class HttpForward:
                 return
             self._upstream_failed(ex, detail)
             return
-        if ex.until_close or (resp.length is None and not resp.chunked and ex.head.method != "HEAD"):
+        if ex.until_close:  # (bodiless answers ended with their head, before any EOF)
             if ex.chunk_out:
                 self._to_client(http1.LAST_CHUNK)
             self._finish(ex, reusable=False)

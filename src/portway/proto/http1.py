@@ -116,14 +116,6 @@ class Head:
                 return value
         return None
 
-    def tokens(self, name: bytes) -> set[bytes]:
-        """The comma-separated tokens of every ``name`` field (lower-case), e.g. of ``Connection``."""
-        out: set[bytes] = set()
-        for field, value in self.fields:
-            if field.lower() == name:
-                out.update(t.strip().lower() for t in value.split(b","))
-        return out
-
     @property
     def has_body(self) -> bool:
         """Whether a body follows this head by its framing (for requests)."""
